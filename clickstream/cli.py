@@ -1,0 +1,121 @@
+"""The ``clickstream`` command: one group of subcommands sharing option definitions."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from clickstream import contract
+
+DATA_DIR_ENV = "CLICKSTREAM_DATA_DIR"
+DEFAULT_DATA_DIR = ".clickstream"
+
+
+def _data_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR)),
+        help=f"where the local stream, archive and warehouse live (env {DATA_DIR_ENV}; default {DEFAULT_DATA_DIR})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clickstream",
+        description="Clickstream on AWS: a Segment-compatible clickstream pipeline, deployed or local.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    local = sub.add_parser(
+        "local",
+        help="run the pipeline on this machine (tracking API + durable stream)",
+        description="Serve the Segment tracking API on this machine. Every accepted event is committed "
+        "to the durable local stream before the 200 is sent.",
+    )
+    local.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: loopback only)")
+    local.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    _data_dir_option(local)
+    local.add_argument(
+        "--write-key",
+        action="append",
+        dest="write_keys",
+        metavar="KEY[=SOURCE]",
+        help=f"an accepted write key and the source it names; repeatable, comma-separated lists allowed "
+        f"(env {contract.WRITE_KEYS_ENV}; default {contract.DEV_WRITE_KEY}={contract.DEV_SOURCE})",
+    )
+    local.add_argument(
+        "--allow-origin",
+        action="append",
+        dest="origins",
+        metavar="ORIGIN",
+        help="browser origin allowed by CORS; repeatable (default *)",
+    )
+    local.set_defaults(func=_cmd_local)
+
+    records = sub.add_parser(
+        "records",
+        help="print records from the local stream as JSON lines",
+        description="Print stream records (like reading a Kinesis shard): sequence number, arrival time, "
+        "partition key and the envelope.",
+    )
+    _data_dir_option(records)
+    records.add_argument("--after", type=int, default=0, help="start after this sequence number")
+    records.add_argument("--limit", type=int, default=None, help="print at most N records")
+    records.set_defaults(func=_cmd_records)
+    return parser
+
+
+def _write_keys(specs: Sequence[str] | None) -> dict[str, str]:
+    if specs:
+        return contract.parse_write_keys(specs)
+    env = os.environ.get(contract.WRITE_KEYS_ENV)
+    if env:
+        return contract.parse_write_keys([env])
+    return {contract.DEV_WRITE_KEY: contract.DEV_SOURCE}
+
+
+def _cmd_local(args: argparse.Namespace) -> int:
+    from clickstream.local import run_local
+
+    try:
+        keys = _write_keys(args.write_keys)
+    except contract.WriteKeyError as exc:
+        print(f"clickstream local: {exc}", file=sys.stderr)
+        return 2
+    return run_local(
+        host=args.host, port=args.port, data_dir=args.data_dir, write_keys=keys, origins=args.origins or ["*"]
+    )
+
+
+def _cmd_records(args: argparse.Namespace) -> int:
+    import json
+
+    from clickstream.stream import LocalStream
+
+    stream = LocalStream(args.data_dir)
+    out = sys.stdout
+    for n, record in enumerate(stream.iter_from(args.after)):
+        if args.limit is not None and n >= args.limit:
+            break
+        line = {
+            "sequenceNumber": record.seq,
+            "approximateArrivalTimestamp": record.arrival_ms,
+            "partitionKey": record.partition_key,
+            "data": json.loads(record.data),
+        }
+        out.write(json.dumps(line, ensure_ascii=False) + "\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

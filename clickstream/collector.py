@@ -1,0 +1,173 @@
+"""The local tracking API: the same contract as the deployed API Gateway, as a plain ASGI app.
+
+``Collector(...)`` is an ASGI callable, so tests can drive it in process; ``clickstream local``
+serves it with uvicorn. A 200 is sent only after the request's records are committed to the
+local stream (see :mod:`clickstream.stream`).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from clickstream import contract
+from clickstream.ingest import BodyReader, IngestError, RequestInfo, build_records, media_type_ok
+from clickstream.stream import GroupCommitWriter, StreamFull, now_ms
+
+log = logging.getLogger("clickstream.collector")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_SUCCESS = contract.SUCCESS_BODY.encode()
+_SETTINGS_PREFIX = contract.API_PREFIX + "/projects/"
+_SETTINGS_SUFFIX = "/settings"
+
+
+class Collector:
+    """ASGI app for the tracking API.
+
+    ``writer`` is started and stopped with the ASGI lifespan (or by the caller when there is none).
+    ``api_host`` is what analytics-next is told to send to (``host:port/v1``, no scheme).
+    """
+
+    def __init__(
+        self,
+        write_keys: Mapping[str, str],
+        writer: GroupCommitWriter,
+        *,
+        api_host: str = "127.0.0.1:8080/v1",
+        protocol: str = "http",
+        allowed_origins: Sequence[str] = ("*",),
+    ) -> None:
+        self.write_keys = dict(write_keys)
+        self.writer = writer
+        self.api_host = api_host
+        self.protocol = protocol
+        self.allowed_origins = tuple(allowed_origins)
+        self.requests = 0
+        self.events = 0
+
+    # -- ASGI ---------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        cors = self._cors_headers(headers.get("origin"))
+        try:
+            status, body, extra = await self._handle(scope, headers, receive)
+        except IngestError as exc:
+            status, body, extra = exc.status, exc.body(), self._retry_after(exc.status)
+        except Exception:  # never let a bug become a hung connection or a silent 200
+            log.exception("unexpected error")
+            err = IngestError("internal_error")
+            status, body, extra = err.status, err.body(), self._retry_after(err.status)
+        response_headers = [(b"content-type", b"application/json"), *cors, *extra]
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.writer.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.writer.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- routing ------------------------------------------------------------------------------
+    async def _handle(
+        self, scope: Scope, headers: dict[str, str], receive: Receive
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        method = scope["method"]
+        path = scope["path"]
+        if method == "OPTIONS":
+            return 204, b"", []
+        if path.startswith(_SETTINGS_PREFIX) and path.endswith(_SETTINGS_SUFFIX):
+            if method not in ("GET", "HEAD"):
+                raise IngestError("method_not_allowed")
+            return self._settings(path[len(_SETTINGS_PREFIX) : -len(_SETTINGS_SUFFIX)])
+        route = contract.route_of(path)
+        if route is None:
+            raise IngestError("not_found", f"no route {path}")
+        if method != "POST":
+            raise IngestError("method_not_allowed", f"{path} takes POST")
+        if not media_type_ok(headers.get("content-type")):
+            raise IngestError("unsupported_media_type")
+        body = await self._read_body(headers, receive)
+        if route == contract.METRICS_ROUTE:
+            return 200, _SUCCESS, []
+        info = RequestInfo(
+            route=route,
+            request_id=str(uuid.uuid4()),
+            received_at_ms=now_ms(),
+            ip=(scope.get("client") or ("",))[0] or "",
+            user_agent=headers.get("user-agent"),
+            authorization=headers.get("authorization"),
+        )
+        records = build_records(info, body, self.write_keys)
+        try:
+            await self.writer.submit(records)
+        except StreamFull as exc:
+            raise IngestError("throttled", f"the local stream is behind ({exc}); retry later") from exc
+        except IngestError:
+            raise
+        except Exception as exc:
+            log.error("stream write failed: %s", exc)
+            raise IngestError("unavailable") from exc
+        self.requests += 1
+        self.events += len(records)
+        return 200, _SUCCESS, []
+
+    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
+        encoding = headers.get("content-encoding")
+        declared = headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > contract.MAX_REQUEST_BYTES and not encoding:
+            raise IngestError("request_too_large")
+        reader = BodyReader(encoding)
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise IngestError("invalid_request", "client disconnected before sending the whole body")
+            reader.feed(message.get("body", b""))
+            more = message.get("more_body", False)
+        return reader.finish()
+
+    def _settings(self, write_key: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        if write_key not in self.write_keys:
+            raise IngestError("invalid_write_key")
+        body = contract.settings_body(write_key, self.api_host, protocol=self.protocol)
+        return 200, orjson.dumps(body), []
+
+    # -- headers ------------------------------------------------------------------------------
+    def _cors_headers(self, origin: str | None) -> list[tuple[bytes, bytes]]:
+        if "*" in self.allowed_origins:
+            allow = "*"
+        elif origin and origin in self.allowed_origins:
+            allow = origin
+        else:
+            allow = self.allowed_origins[0] if self.allowed_origins else ""
+        return [
+            (b"access-control-allow-origin", allow.encode("latin-1")),
+            (b"access-control-allow-methods", contract.CORS_ALLOW_METHODS.encode()),
+            (b"access-control-allow-headers", contract.CORS_ALLOW_HEADERS.encode()),
+            (b"access-control-max-age", str(contract.CORS_MAX_AGE_SECONDS).encode()),
+            (b"vary", b"Origin"),
+        ]
+
+    @staticmethod
+    def _retry_after(status: int) -> list[tuple[bytes, bytes]]:
+        if status >= 500 or status == 429:
+            return [(b"retry-after", str(contract.RETRY_AFTER_SECONDS).encode())]
+        return []

@@ -1,0 +1,197 @@
+"""Turn one tracking request into stream records: the local twin of the request mapping template.
+
+Pure functions (no I/O) so the collector, the differential tests against the VTL and the
+benchmarks all call the same code. The checks run in the same order as in
+``templates/request.vtl`` so both answer the same error for the same request.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from clickstream import contract
+
+
+class IngestError(Exception):
+    """A request the API refuses; ``code`` is a key of ``contract.ERRORS``."""
+
+    def __init__(self, code: str, message: str | None = None) -> None:
+        self.error = contract.ERRORS[code]
+        self.code = code
+        self.detail = message or self.error.message
+        super().__init__(f"{code}: {self.detail}")
+
+    @property
+    def status(self) -> int:
+        return self.error.status
+
+    def body(self) -> bytes:
+        return orjson.dumps(contract.error_body(self.code, self.detail))
+
+
+@dataclass(frozen=True)
+class Record:
+    """One stream record, as Kinesis would hold it."""
+
+    partition_key: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """What the gateway knows about a request besides its body."""
+
+    route: str
+    request_id: str
+    received_at_ms: int
+    ip: str
+    user_agent: str | None = None
+    authorization: str | None = None
+
+
+def media_type_ok(content_type: str | None) -> bool:
+    """API Gateway picks a template by media type; parameters such as charset do not matter."""
+    media = (content_type or contract.DEFAULT_MEDIA_TYPE).split(";", 1)[0].strip().lower()
+    return media in contract.ACCEPTED_MEDIA_TYPES
+
+
+class BodyReader:
+    """Accumulates a request body chunk by chunk, inflating it if needed, within the size limit.
+
+    The limit applies to the decompressed bytes while they are produced, so a gzip bomb costs at
+    most ``limit`` bytes of memory before it is refused.
+    """
+
+    def __init__(self, content_encoding: str | None, limit: int = contract.MAX_REQUEST_BYTES) -> None:
+        encoding = (content_encoding or "identity").strip().lower()
+        if encoding not in contract.ACCEPTED_CONTENT_ENCODINGS:
+            raise IngestError("unsupported_encoding")
+        # wbits 47 = 32 + 15: accept both gzip and zlib ("deflate" in HTTP) framing.
+        self._inflater = zlib.decompressobj(47) if encoding != "identity" else None
+        self._limit = limit
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def _add(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > self._limit:
+            raise IngestError("request_too_large")
+        self._parts.append(data)
+
+    def feed(self, chunk: bytes) -> None:
+        if self._inflater is None:
+            self._add(chunk)
+            return
+        try:
+            data = self._inflater.decompress(chunk, self._limit + 1 - self._size)
+            self._add(data)
+            while self._inflater.unconsumed_tail:
+                data = self._inflater.decompress(self._inflater.unconsumed_tail, self._limit + 1 - self._size)
+                if not data:
+                    break
+                self._add(data)
+        except zlib.error as exc:
+            raise IngestError("invalid_encoding", f"request body could not be decompressed: {exc}") from exc
+
+    def finish(self) -> bytes:
+        if self._inflater is not None:
+            try:
+                self._add(self._inflater.flush())
+            except zlib.error as exc:
+                raise IngestError("invalid_encoding", f"request body could not be decompressed: {exc}") from exc
+            if not self._inflater.eof:
+                raise IngestError("invalid_encoding", "compressed request body is truncated")
+        return b"".join(self._parts)
+
+
+def parse_body(body: bytes) -> Any:
+    if not body.strip():
+        raise IngestError("invalid_json", "request body is empty")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise IngestError("invalid_json", f"request body is not valid JSON: {exc}") from exc
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError as exc:  # e.g. lone surrogates from \ud800 escapes
+        raise IngestError("invalid_json", f"request body holds a value that is not valid JSON: {exc}") from exc
+
+
+def _batch_field(value: Any) -> Any:
+    """Absent, null and "" all become null: the mapping template cannot tell them apart."""
+    return None if value is None or value == "" else value
+
+
+def build_records(info: RequestInfo, body: bytes, write_keys: Mapping[str, str]) -> list[Record]:
+    """Validate a tracking request and wrap each message in the record envelope."""
+    if len(body) > contract.MAX_REQUEST_BYTES:
+        raise IngestError("request_too_large")
+    payload = parse_body(body)
+    if not isinstance(payload, dict):
+        raise IngestError("invalid_request", "request body must be a JSON object")
+    key = contract.resolve_write_key(info.authorization, payload.get("writeKey"))
+    source = write_keys.get(key) if key else None
+    if source is None:
+        raise IngestError("invalid_write_key")
+
+    is_batch = info.route in contract.BATCH_ROUTES
+    if is_batch:
+        messages = payload.get("batch")
+        if not isinstance(messages, list):
+            raise IngestError("invalid_request", "a batch request needs a \"batch\" array")
+        if not messages:
+            raise IngestError("empty_batch")
+        if len(messages) > contract.MAX_BATCH_ITEMS:
+            raise IngestError(
+                "batch_too_large",
+                f"the batch holds {len(messages)} messages; at most {contract.MAX_BATCH_ITEMS} are accepted",
+            )
+        encoded = []
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict):
+                raise IngestError("invalid_request", f"batch item {i} is not a JSON object")
+            encoded.append(_dumps(message))
+        batch = {name: _batch_field(payload.get(name)) for name in ("sentAt", "context", "integrations")}
+        route_type = None
+    else:
+        encoded = [_dumps(payload)]
+        batch = None
+        route_type = contract.SINGLE_ROUTES[info.route]
+    for i, data in enumerate(encoded):
+        if len(data) > contract.MAX_MESSAGE_BYTES:
+            raise IngestError(
+                "message_too_large",
+                f"message {i} is {len(data)} bytes; at most {contract.MAX_MESSAGE_BYTES} are accepted",
+            )
+
+    batch_json = _dumps(batch)
+    records = []
+    for index, message in enumerate(encoded):
+        envelope = {
+            "v": contract.ENVELOPE_VERSION,
+            "source": source,
+            "receivedAt": info.received_at_ms,
+            "requestId": info.request_id,
+            "index": index,
+            "ip": info.ip,
+            "userAgent": info.user_agent,
+            "route": info.route,
+            "routeType": route_type,
+            "message": orjson.Fragment(message),
+            "batch": orjson.Fragment(batch_json),
+        }
+        records.append(
+            Record(
+                contract.PARTITION_KEY_FORMAT.format(requestId=info.request_id, index=index),
+                orjson.dumps(envelope, option=orjson.OPT_APPEND_NEWLINE),
+            )
+        )
+    return records

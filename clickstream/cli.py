@@ -66,7 +66,33 @@ def build_parser() -> argparse.ArgumentParser:
     records.add_argument("--after", type=int, default=0, help="start after this sequence number")
     records.add_argument("--limit", type=int, default=None, help="print at most N records")
     records.set_defaults(func=_cmd_records)
+    bench = sub.add_parser(
+        "bench",
+        help="measure the local tracking API (events/s, requests/s, latency) against a bare server",
+        description="Start the local pipeline in a temp dir and drive it with a keep-alive load generator: "
+        "peak throughput, latency at half of peak, and a bare HTTP server on the same stack as a baseline. "
+        "Fails if any acknowledged event is missing from the stream.",
+    )
+    bench.add_argument("--scenario", action="append", choices=["batch", "single"],
+                       help="what to send; repeatable (default: both)")
+    bench.add_argument("--seconds", type=float, default=10.0, help="length of each run (default 10)")
+    bench.add_argument("--connections", type=int, default=32, help="concurrent keep-alive connections (default 32)")
+    bench.add_argument("--batch-size", type=int, default=100, help="events per batch request (default 100)")
+    bench.add_argument("--json", action="store_true", help="print figures as JSON")
+    bench.set_defaults(func=_cmd_bench)
     return parser
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from clickstream import bench
+
+    figures = bench.run_bench(args.scenario or ["batch", "single"], args.seconds, args.connections,
+                              args.batch_size)
+    if args.json:
+        print(bench.to_json(figures))
+    else:
+        bench.print_table(figures)
+    return 0
 
 
 def _write_keys(specs: Sequence[str] | None) -> dict[str, str]:

@@ -70,7 +70,12 @@ class Collector:
             log.exception("unexpected error")
             err = IngestError("internal_error")
             status, body, extra = err.status, err.body(), self._retry_after(err.status)
-        response_headers = [(b"content-type", b"application/json"), *cors, *extra]
+        response_headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *cors,
+            *extra,
+        ]
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": body})
 

@@ -119,7 +119,6 @@ TEMPLATE_REJECTIONS: tuple[str, ...] = (
     "message_too_large",
     "batch_too_large",
     "empty_batch",
-    "invalid_message_id",
     "request_too_large",
 )
 REJECT_STREAM_PREFIX = "clickstream-reject-"

@@ -1,0 +1,233 @@
+"""``clickstream bench``: throughput and latency of the local tracking API, with a bare baseline.
+
+The server under test runs as a separate process pinned to one core and the load generator to the
+other (on a 2-core machine), so neither steals the other's CPU. After each run the stream is
+counted: every acknowledged event must be there, or the run fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from clickstream import contract, loadgen
+from clickstream.stream import LocalStream
+
+BENCH_KEY = "bench-write-key"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _event(i: int) -> dict:
+    """A realistic server-side track event (~450 bytes serialized, like the python SDK's)."""
+    return {
+        "type": "track",
+        "event": "Product Viewed",
+        "userId": f"user-{i % 5000}",
+        "anonymousId": str(uuid.UUID(int=i)),
+        "messageId": str(uuid.uuid4()),
+        "timestamp": "2026-11-28T12:00:00.000000+00:00",
+        "properties": {"product_id": f"sku-{i % 977}", "price": 19.99, "currency": "EUR", "category": "shoes"},
+        "context": {"library": {"name": "analytics-python", "version": "2.4.0"}, "ip": "203.0.113.7"},
+        "integrations": {},
+    }
+
+
+def _batch_bodies(n: int, size: int) -> list[bytes]:
+    bodies = []
+    for b in range(n):
+        batch = [_event(b * size + i) for i in range(size)]
+        bodies.append(json.dumps({"batch": batch, "sentAt": "2026-11-28T12:00:01.000000+00:00"}).encode())
+    return bodies
+
+
+def _single_bodies(n: int) -> list[bytes]:
+    return [json.dumps({**_event(i), "writeKey": BENCH_KEY}).encode() for i in range(n)]
+
+
+@dataclass
+class Scenario:
+    name: str
+    path: str
+    bodies: list[bytes]
+    headers: dict[str, str]
+    events_per_request: int
+
+
+def scenarios(batch_size: int = 100) -> dict[str, Scenario]:
+    basic = "Basic " + base64.b64encode(f"{BENCH_KEY}:".encode()).decode()
+    return {
+        "batch": Scenario("batch", "/v1/batch", _batch_bodies(20, batch_size),
+                          {"Content-Type": "application/json", "Authorization": basic, "User-Agent": "bench"},
+                          batch_size),
+        "single": Scenario("single", "/v1/t", _single_bodies(200),
+                           {"Content-Type": "text/plain", "User-Agent": "bench"}, 1),
+    }
+
+
+class ServerProcess:
+    """The local collector (or the bare baseline) in its own process, pinned to CPU 0."""
+
+    def __init__(self, bare: bool, data_dir: Path) -> None:
+        self.port = _free_port()
+        self.data_dir = data_dir
+        if bare:
+            cmd = [sys.executable, "-m", "clickstream.bench", "--bare-server", str(self.port)]
+        else:
+            cmd = [sys.executable, "-m", "clickstream.cli", "local", "--port", str(self.port),
+                   "--data-dir", str(data_dir), "--write-key", f"{BENCH_KEY}=bench"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _pin(self.proc.pid, 0)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"server did not start: {self.proc.stderr.read().decode()}") from None
+                time.sleep(0.05)
+
+    def peak_rss_mb(self) -> float:
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def _pin(pid: int, cpu: int) -> None:
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) >= 2:
+        os.sched_setaffinity(pid, {cpus[cpu % len(cpus)]})
+
+
+@dataclass
+class Figures:
+    scenario: str
+    server: str
+    requests_per_s: float
+    events_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    errors: int
+    peak_rss_mb: float
+    events_acknowledged: int
+    events_in_stream: int | None
+
+
+def measure(scenario: Scenario, *, bare: bool, seconds: float, connections: int, rate: float | None = None,
+            data_dir: Path) -> Figures:
+    server = ServerProcess(bare, data_dir)
+    try:
+        cycle = itertools.cycle([loadgen.http_request("127.0.0.1", server.port, scenario.path, b, scenario.headers)
+                                 for b in scenario.bodies])
+        result = loadgen.run(loadgen.run_load("127.0.0.1", server.port, lambda: next(cycle), seconds=seconds,
+                                              connections=connections, rate=rate))
+        rss = server.peak_rss_mb()
+    finally:
+        server.stop()
+    stored = None
+    if not bare:
+        stream = LocalStream(data_dir)
+        stored = stream.count()
+        stream.close()
+    acked = result.ok * scenario.events_per_request
+    return Figures(scenario.name, "bare" if bare else "clickstream", round(result.rps, 1),
+                   round(result.rps * scenario.events_per_request, 1), round(result.percentile(50), 2),
+                   round(result.percentile(95), 2), round(result.percentile(99), 2), result.errors, round(rss, 1),
+                   acked, stored)
+
+
+def run_bench(names: list[str], seconds: float, connections: int, batch_size: int) -> list[Figures]:
+    _pin(os.getpid(), 1)
+    out: list[Figures] = []
+    all_scenarios = scenarios(batch_size)
+    for name in names:
+        sc = all_scenarios[name]
+        with tempfile.TemporaryDirectory(prefix="clickstream-bench-") as tmp:
+            peak = measure(sc, bare=False, seconds=seconds, connections=connections, data_dir=Path(tmp) / "a")
+            half = measure(sc, bare=False, seconds=seconds, connections=connections,
+                           rate=peak.requests_per_s / 2, data_dir=Path(tmp) / "b")
+            bare = measure(sc, bare=True, seconds=seconds, connections=connections, data_dir=Path(tmp) / "c")
+            shutil.rmtree(tmp, ignore_errors=True)
+        for fig in (peak, half):
+            if fig.events_in_stream != fig.events_acknowledged:
+                raise SystemExit(f"LOST EVENTS: acknowledged {fig.events_acknowledged}, stored {fig.events_in_stream}")
+        half.scenario = f"{name}@half"
+        out += [peak, half, bare]
+    return out
+
+
+def print_table(figures: list[Figures]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="clickstream bench (local tracking API)")
+    for col in ("scenario", "server", "req/s", "events/s", "p50 ms", "p95 ms", "p99 ms", "errors", "peak RSS MB",
+                "acked = stored"):
+        table.add_column(col, justify="right")
+    for f in figures:
+        check = "-" if f.events_in_stream is None else f"{f.events_acknowledged} = {f.events_in_stream}"
+        table.add_row(f.scenario, f.server, f"{f.requests_per_s:,.0f}", f"{f.events_per_s:,.0f}", f"{f.p50_ms}",
+                      f"{f.p95_ms}", f"{f.p99_ms}", str(f.errors), f"{f.peak_rss_mb}", check)
+    console = Console()
+    console.width = max(console.width, 140)
+    console.print(table)
+    by = {(f.scenario, f.server): f for f in figures}
+    for name in ("batch", "single"):
+        ours, bare = by.get((name, "clickstream")), by.get((name, "bare"))
+        if ours and bare and bare.requests_per_s:
+            print(f"{name}: {ours.requests_per_s / bare.requests_per_s:.0%} of the bare server's requests/s")
+
+
+def to_json(figures: list[Figures]) -> str:
+    return json.dumps([asdict(f) for f in figures], indent=2)
+
+
+# -- the bare baseline: same uvicorn/httptools/uvloop stack, reads the body, answers 200 ----------
+async def bare_app(scope, receive, send) -> None:
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False)
+    body = contract.SUCCESS_BODY.encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _serve_bare(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(bare_app, host="127.0.0.1", port=port, log_level="warning", access_log=False, http="httptools",
+                loop="uvloop", lifespan="off")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--bare-server":
+        _serve_bare(int(sys.argv[2]))

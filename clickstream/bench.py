@@ -181,6 +181,42 @@ def run_bench(names: list[str], seconds: float, connections: int, batch_size: in
     return out
 
 
+@dataclass
+class LoaderFigures:
+    events: int
+    seconds: float
+    events_per_s: float
+    batch: int
+    rows_in_events: int
+    rows_in_rejected: int
+
+
+def bench_loader(events: int = 200_000, batch: int = 50_000) -> LoaderFigures:
+    """Events merged per second into DuckDB: stream -> streaming table -> pending view -> events."""
+    from clickstream.ingest import RequestInfo, build_records
+    from clickstream.warehouse import Warehouse
+
+    with tempfile.TemporaryDirectory(prefix="clickstream-bench-load-") as tmp:
+        stream = LocalStream(tmp)
+        keys = {BENCH_KEY: "bench"}
+        bodies = _batch_bodies(max(1, events // 100), 100)
+        for n, body in enumerate(bodies):
+            info = RequestInfo("batch", f"req-{n}", int(time.time() * 1000), "203.0.113.9", "bench")
+            stream.put(build_records(info, body.replace(b'"batch"', b'"writeKey":"' + BENCH_KEY.encode()
+                                                        + b'","batch"', 1), keys))
+        wh = Warehouse.in_dir(tmp)
+        start = time.perf_counter()
+        loaded = wh.load_from(stream, batch=batch)
+        seconds = time.perf_counter() - start
+        rows = wh.query("SELECT COUNT(*) FROM clickstream.events")[1][0][0]
+        rejected = wh.query("SELECT COUNT(*) FROM clickstream.rejected")[1][0][0]
+        wh.close()
+        stream.close()
+    if rows != loaded:
+        raise SystemExit(f"loader lost events: {loaded} loaded, {rows} in events, {rejected} rejected")
+    return LoaderFigures(loaded, round(seconds, 2), round(loaded / seconds, 1), batch, rows, rejected)
+
+
 def print_table(figures: list[Figures]) -> None:
     from rich.console import Console
     from rich.table import Table

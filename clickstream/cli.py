@@ -54,7 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ORIGIN",
         help="browser origin allowed by CORS; repeatable (default *)",
     )
+    local.add_argument("--archive-buffer-mb", type=float, default=5.0,
+                       help="archive object size that triggers a write, MiB (default 5, like Firehose)")
+    local.add_argument("--archive-buffer-seconds", type=float, default=300.0,
+                       help="oldest buffered record age that triggers an archive write (default 300, like Firehose)")
+    local.add_argument("--load-interval", type=float, default=0.5,
+                       help="seconds between warehouse loads (default 0.5)")
     local.set_defaults(func=_cmd_local)
+
+    query = sub.add_parser(
+        "query",
+        help="run read-only SQL against the local warehouse (DuckDB), also while `clickstream local` runs",
+        description="Run one read-only SQL statement against the local warehouse. While `clickstream local` runs "
+        "(it owns the DuckDB file), the query is sent to it over loopback; otherwise the file is opened "
+        "read-only. Tables: clickstream.tracks, identifies, pages, screens, groups, aliases, users, "
+        "events, rejected.",
+    )
+    _data_dir_option(query)
+    query.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
+    query.add_argument("sql", help="the SQL statement")
+    query.set_defaults(func=_cmd_query)
 
     records = sub.add_parser(
         "records",
@@ -73,8 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
         "peak throughput, latency at half of peak, and a bare HTTP server on the same stack as a baseline. "
         "Fails if any acknowledged event is missing from the stream.",
     )
-    bench.add_argument("--scenario", action="append", choices=["batch", "single"],
-                       help="what to send; repeatable (default: both)")
+    bench.add_argument("--scenario", action="append", choices=["batch", "single", "load"],
+                       help="batch/single: HTTP ingest; load: events merged per second into the DuckDB "
+                       "warehouse; repeatable (default: all three)")
+    bench.add_argument("--load-events", type=int, default=200_000, help="events for the load scenario")
     bench.add_argument("--seconds", type=float, default=10.0, help="length of each run (default 10)")
     bench.add_argument("--connections", type=int, default=32, help="concurrent keep-alive connections (default 32)")
     bench.add_argument("--batch-size", type=int, default=100, help="events per batch request (default 100)")
@@ -84,14 +105,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
     from clickstream import bench
 
-    figures = bench.run_bench(args.scenario or ["batch", "single"], args.seconds, args.connections,
-                              args.batch_size)
+    chosen = args.scenario or ["batch", "single", "load"]
+    http = [s for s in chosen if s != "load"]
+    figures = bench.run_bench(http, args.seconds, args.connections, args.batch_size) if http else []
+    loader = bench.bench_loader(args.load_events) if "load" in chosen else None
     if args.json:
-        print(bench.to_json(figures))
-    else:
+        print(json.dumps({"http": json.loads(bench.to_json(figures)),
+                          "loader": dataclasses.asdict(loader) if loader else None}, indent=2))
+        return 0
+    if figures:
         bench.print_table(figures)
+    if loader:
+        print(f"warehouse loader: {loader.events:,} events merged into DuckDB in {loader.seconds} s = "
+              f"{loader.events_per_s:,.0f} events/s (batches of {loader.batch:,}; "
+              f"{loader.rows_in_events:,} rows in events)")
     return 0
 
 
@@ -113,8 +145,22 @@ def _cmd_local(args: argparse.Namespace) -> int:
         print(f"clickstream local: {exc}", file=sys.stderr)
         return 2
     return run_local(
-        host=args.host, port=args.port, data_dir=args.data_dir, write_keys=keys, origins=args.origins or ["*"]
+        host=args.host, port=args.port, data_dir=args.data_dir, write_keys=keys, origins=args.origins or ["*"],
+        archive_buffer_bytes=int(args.archive_buffer_mb * 1024 * 1024),
+        archive_buffer_seconds=args.archive_buffer_seconds, load_interval=args.load_interval,
     )
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    from clickstream.query import QueryError, format_rows, run_query
+
+    try:
+        columns, rows = run_query(args.data_dir, args.sql)
+    except QueryError as exc:
+        print(f"clickstream query: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(format_rows(columns, rows, args.format))
+    return 0
 
 
 def _cmd_records(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ local stream (see :mod:`clickstream.stream`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -25,6 +26,8 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _SUCCESS = contract.SUCCESS_BODY.encode()
+ADMIN_QUERY_PATH = "/_clickstream/query"
+ADMIN_TOKEN_HEADER = "x-clickstream-token"
 _SETTINGS_PREFIX = contract.API_PREFIX + "/projects/"
 _SETTINGS_SUFFIX = "/settings"
 
@@ -44,12 +47,20 @@ class Collector:
         api_host: str = "127.0.0.1:8080/v1",
         protocol: str = "http",
         allowed_origins: Sequence[str] = ("*",),
+        on_startup: Sequence[Callable[[], None]] = (),
+        on_shutdown: Sequence[Callable[[], None]] = (),
+        query: Callable[[str], tuple[list[str], list[tuple]]] | None = None,
+        admin_token: str | None = None,
     ) -> None:
         self.write_keys = dict(write_keys)
         self.writer = writer
         self.api_host = api_host
         self.protocol = protocol
         self.allowed_origins = tuple(allowed_origins)
+        self.on_startup = list(on_startup)
+        self.on_shutdown = list(on_shutdown)
+        self.query = query
+        self.admin_token = admin_token
         self.requests = 0
         self.events = 0
 
@@ -84,9 +95,13 @@ class Collector:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.writer.start()
+                for hook in self.on_startup:
+                    hook()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                self.writer.stop()
+                self.writer.stop()  # commits everything already queued
+                for hook in self.on_shutdown:
+                    hook()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -98,6 +113,8 @@ class Collector:
         path = scope["path"]
         if method == "OPTIONS":
             return 204, b"", []
+        if path == ADMIN_QUERY_PATH:
+            return await self._admin_query(scope, headers, receive)
         if path.startswith(_SETTINGS_PREFIX) and path.endswith(_SETTINGS_SUFFIX):
             if method not in ("GET", "HEAD"):
                 raise IngestError("method_not_allowed")
@@ -148,6 +165,30 @@ class Collector:
             reader.feed(message.get("body", b""))
             more = message.get("more_body", False)
         return reader.finish()
+
+    async def _admin_query(
+        self, scope: Scope, headers: dict[str, str], receive: Receive
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """Read-only SQL for `clickstream query` while this process owns the warehouse file."""
+        client = (scope.get("client") or ("",))[0]
+        if (self.query is None or not self.admin_token or client not in ("127.0.0.1", "::1")
+                or headers.get(ADMIN_TOKEN_HEADER) != self.admin_token):
+            raise IngestError("not_found", "no route " + ADMIN_QUERY_PATH)
+        body = await self._read_body(headers, receive)
+        try:
+            sql = orjson.loads(body)["sql"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise IngestError("invalid_request", 'admin query body must be {"sql": "..."}') from exc
+        from clickstream.query import QueryError, check_read_only
+
+        try:
+            check_read_only(sql)
+            columns, rows = await asyncio.to_thread(self.query, sql)
+        except QueryError as exc:
+            raise IngestError("invalid_request", str(exc)) from exc
+        except Exception as exc:  # a SQL error is the caller's to read, not a server failure
+            raise IngestError("invalid_request", f"query failed: {exc}") from exc
+        return 200, orjson.dumps({"columns": columns, "rows": rows}, default=str), []
 
     def _settings(self, write_key: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         if write_key not in self.write_keys:

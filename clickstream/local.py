@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
 
 from clickstream import contract
-from clickstream.collector import Collector
+from clickstream.archive import DEFAULT_BUFFER_BYTES, DEFAULT_BUFFER_SECONDS, Archiver
+from clickstream.collector import ADMIN_QUERY_PATH, Collector
+from clickstream.query import LOCAL_STATE_FILE, write_state
 from clickstream.stream import GroupCommitWriter
+from clickstream.warehouse import Loader, Warehouse
 
 
 def banner(host: str, port: int, write_keys: Mapping[str, str], data_dir: Path) -> str:
@@ -41,26 +46,69 @@ def banner(host: str, port: int, write_keys: Mapping[str, str], data_dir: Path) 
             "  analytics.track('user-1', 'Signed Up', {'plan': 'pro'})",
             "  analytics.flush()",
             "",
-            f"Read what arrived:  clickstream records --data-dir {shlex.quote(str(data_dir))}",
+            "Query the warehouse (Segment-style tables, queryable within a second or two):",
+            f"  clickstream query --data-dir {shlex.quote(str(data_dir))} "
+            "'SELECT event, user_id, timestamp FROM clickstream.tracks ORDER BY timestamp DESC LIMIT 10'",
+            f"Raw stream records:  clickstream records --data-dir {shlex.quote(str(data_dir))}",
+            f"Archive (Firehose layout): {data_dir / 'archive'}",
             "Stop with Ctrl-C.",
         ]
     )
 
 
-def run_local(
+@dataclass
+class LocalPipeline:
+    """Everything ``clickstream local`` runs, wired together; ``app`` is the ASGI entry point."""
+
+    app: Collector
+    warehouse: Warehouse
+    loader: Loader
+    archiver: Archiver
+
+
+def build_pipeline(
     *,
     host: str,
     port: int,
     data_dir: Path,
     write_keys: Mapping[str, str],
     origins: Sequence[str] = ("*",),
-) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    archive_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+    archive_buffer_seconds: float = DEFAULT_BUFFER_SECONDS,
+    load_interval: float = 0.5,
+) -> LocalPipeline:
+    """Collector + durable stream, archiver and warehouse loader, started and stopped together."""
     data_dir.mkdir(parents=True, exist_ok=True)
     writer = GroupCommitWriter(data_dir)
-    app = Collector(write_keys, writer, api_host=f"{host}:{port}{contract.API_PREFIX}", allowed_origins=origins)
+    warehouse = Warehouse.in_dir(data_dir)
+    loader = Loader(warehouse, data_dir, interval=load_interval)
+    archiver = Archiver(data_dir, buffer_bytes=archive_buffer_bytes, buffer_seconds=archive_buffer_seconds)
+    token = secrets.token_urlsafe(24)
+    admin_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    state_path = data_dir / LOCAL_STATE_FILE
+
+    def startup() -> None:
+        archiver.start()
+        loader.start()
+        write_state(data_dir, f"http://{admin_host}:{port}{ADMIN_QUERY_PATH}", token)
+
+    def shutdown() -> None:
+        # The writer has committed everything queued; archive and load what is left, then close.
+        state_path.unlink(missing_ok=True)
+        archiver.stop()
+        loader.stop()
+        warehouse.close()
+
+    app = Collector(write_keys, writer, api_host=f"{host}:{port}{contract.API_PREFIX}", allowed_origins=origins,
+                    on_startup=[startup], on_shutdown=[shutdown], query=warehouse.query, admin_token=token)
+    return LocalPipeline(app, warehouse, loader, archiver)
+
+
+def run_local(*, host: str, port: int, data_dir: Path, write_keys: Mapping[str, str], **options) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    pipeline = build_pipeline(host=host, port=port, data_dir=data_dir, write_keys=write_keys, **options)
     config = uvicorn.Config(
-        app,
+        pipeline.app,
         host=host,
         port=port,
         lifespan="on",

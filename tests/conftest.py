@@ -14,6 +14,7 @@ import pytest
 import uvicorn
 
 from clickstream.collector import Collector
+from clickstream.local import LocalPipeline, build_pipeline
 from clickstream.stream import GroupCommitWriter, LocalStream
 
 WRITE_KEYS = {"test-write-key": "web", "server-write-key": "backend"}
@@ -47,11 +48,7 @@ class LiveCollector:
             stream.close()
 
 
-@pytest.fixture
-def live_collector(tmp_path: Path) -> Iterator[LiveCollector]:
-    port = free_port()
-    writer = GroupCommitWriter(tmp_path)
-    app = Collector(WRITE_KEYS, writer, api_host=f"127.0.0.1:{port}/v1")
+def serve(app, port: int) -> tuple[uvicorn.Server, threading.Thread]:
     config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning",
                             access_log=False)
     server = uvicorn.Server(config)
@@ -60,8 +57,52 @@ def live_collector(tmp_path: Path) -> Iterator[LiveCollector]:
     deadline = time.monotonic() + 10
     while not server.started:
         if time.monotonic() > deadline:
-            raise RuntimeError("collector did not start")
+            raise RuntimeError("server did not start")
         time.sleep(0.01)
+    return server, thread
+
+
+@pytest.fixture
+def live_collector(tmp_path: Path) -> Iterator[LiveCollector]:
+    """The tracking API and durable stream only."""
+    port = free_port()
+    app = Collector(WRITE_KEYS, GroupCommitWriter(tmp_path), api_host=f"127.0.0.1:{port}/v1")
+    server, thread = serve(app, port)
     yield LiveCollector(f"http://127.0.0.1:{port}", tmp_path, app)
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@dataclass
+class LivePipeline(LiveCollector):
+    pipeline: LocalPipeline | None = None
+
+    def wait_loaded(self, timeout: float = 10.0) -> None:
+        """Until the warehouse has loaded everything in the stream."""
+        stream = LocalStream(self.data_dir)
+        try:
+            deadline = time.monotonic() + timeout
+            while self.pipeline.warehouse.last_loaded_seq() < stream.last_seq():
+                if time.monotonic() > deadline:
+                    raise TimeoutError("warehouse did not catch up")
+                time.sleep(0.05)
+        finally:
+            stream.close()
+        with self.pipeline.loader.lock:  # the merge of the last load has finished
+            pass
+
+    def query(self, sql: str) -> list[dict]:
+        columns, rows = self.pipeline.warehouse.query(sql)
+        return [dict(zip(columns, r, strict=True)) for r in rows]
+
+
+@pytest.fixture
+def live_pipeline(tmp_path: Path) -> Iterator[LivePipeline]:
+    """What `clickstream local` runs: API, stream, archiver (1 s buffer) and warehouse loader."""
+    port = free_port()
+    pipeline = build_pipeline(host="127.0.0.1", port=port, data_dir=tmp_path, write_keys=WRITE_KEYS,
+                              archive_buffer_seconds=1.0, load_interval=0.1)
+    server, thread = serve(pipeline.app, port)
+    yield LivePipeline(f"http://127.0.0.1:{port}", tmp_path, pipeline.app, pipeline)
+    server.should_exit = True
+    thread.join(timeout=30)

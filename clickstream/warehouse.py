@@ -1,0 +1,182 @@
+"""The local warehouse: the SQL model on DuckDB, fed from the local stream.
+
+The loader plays Redshift's part: it copies new stream records into a table with the streaming
+view's columns (the "refresh") and runs the model's merge statements, transpiled from
+``sql/redshift``. Progress is the highest sequence number in that table, written in the same
+transaction as the rows, so a crash never loses or repeats a record's load.
+
+DuckDB allows one writing process per file, so while ``clickstream local`` runs it owns the file
+and ``clickstream query`` asks it (over a loopback admin endpoint) to run read-only queries;
+otherwise ``query`` opens the file itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from clickstream.sqlmodel import ModelNames, duckdb_statements
+from clickstream.stream import LocalStream, StreamRecord
+
+log = logging.getLogger("clickstream.warehouse")
+
+WAREHOUSE_FILE = "warehouse.duckdb"
+LOADER_CONSUMER = "warehouse"
+SEQ_WIDTH = 20  # sequence numbers are zero-padded so that text order is numeric order
+
+
+@dataclass
+class LoadStats:
+    records: int = 0
+    merges: int = 0
+    seconds: float = 0.0
+    last_error: str | None = None
+    history: list[tuple[int, float]] = field(default_factory=list)
+
+
+class Warehouse:
+    def __init__(self, path: Path | str, names: ModelNames | None = None, *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.names = names or ModelNames()
+        self.conn = duckdb.connect(str(self.path), read_only=read_only)
+        self.conn.execute("SET TimeZone = 'UTC'")
+        # Every commit is durable in the WAL; folding it into the file less often roughly halves
+        # the loader's fixed cost per batch (measured: 31k -> 45k events/s).
+        self.conn.execute("SET checkpoint_threshold = '256MB'")
+        if not read_only:
+            for stmt in duckdb_statements("setup", self.names):
+                self.conn.execute(stmt.sql)
+        self._merge = [s.sql for s in duckdb_statements("refresh", self.names)]
+        self._last_refresh: dt.datetime | None = None
+        self.stats = LoadStats()
+
+    @classmethod
+    def in_dir(cls, data_dir: Path | str, **kwargs) -> Warehouse:
+        return cls(Path(data_dir) / WAREHOUSE_FILE, **kwargs)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @property
+    def table(self) -> str:
+        return f"{self.names.schema}.{self.names.mv}"
+
+    def last_loaded_seq(self) -> int:
+        _, rows = self.query(f"SELECT MAX(sequence_number) FROM {self.table}")
+        return int(rows[0][0]) if rows and rows[0][0] else 0
+
+    def _refresh_time(self) -> dt.datetime:
+        """Like Redshift's refresh_time: one value per refresh, strictly increasing."""
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        if self._last_refresh is None:
+            row = self.conn.execute(f"SELECT MAX(refresh_time) FROM {self.table}").fetchone()
+            self._last_refresh = row[0] if row else None
+        if self._last_refresh is not None and now <= self._last_refresh:
+            now = self._last_refresh + dt.timedelta(microseconds=1)
+        self._last_refresh = now
+        return now
+
+    def load(self, records: list[StreamRecord]) -> None:
+        """Copy stream records into the streaming table and merge, as one transaction each."""
+        if not records:
+            return
+        texts: list[str | None] = []
+        for r in records:
+            try:
+                texts.append(r.data.decode("utf-8"))
+            except UnicodeDecodeError:
+                texts.append(None)
+        refresh = self._refresh_time()
+        self.conn.execute("BEGIN")
+        try:
+            self.conn.execute(
+                f"""
+                INSERT INTO {self.table}
+                SELECT make_timestamp(a * 1000), pk, 'local', seq, ?::TIMESTAMP, p, CASE WHEN p IS NULL THEN r END
+                FROM (SELECT a, pk, seq, TRY_CAST(t AS JSON) AS p, r
+                      FROM (SELECT UNNEST(?) AS a, UNNEST(?) AS pk, UNNEST(?) AS seq, UNNEST(?::VARCHAR[]) AS t,
+                                   UNNEST(?::BLOB[]) AS r))
+                """,
+                [refresh, [r.arrival_ms for r in records], [r.partition_key for r in records],
+                 [str(r.seq).zfill(SEQ_WIDTH) for r in records], texts, [r.data for r in records]],
+            )
+            self.conn.execute("COMMIT")
+        except Exception:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.merge()
+
+    def merge(self) -> None:
+        """The refresh workflow's merge statements, in order (each is idempotent)."""
+        for sql in self._merge:
+            self.conn.execute(sql)
+        self.stats.merges += 1
+
+    def load_from(self, stream: LocalStream, batch: int = 50_000) -> int:
+        """Load everything the stream has beyond what is loaded; returns the number of records."""
+        total = 0
+        while True:
+            records = stream.read(self.last_loaded_seq(), batch)
+            if not records:
+                return total
+            start = time.perf_counter()
+            self.load(records)
+            elapsed = time.perf_counter() - start
+            self.stats.records += len(records)
+            self.stats.seconds += elapsed
+            stream.set_checkpoint(LOADER_CONSUMER, records[-1].seq)
+            total += len(records)
+
+    def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run on its own cursor, so readers in other threads never share the loader's connection."""
+        cursor = self.conn.cursor()
+        try:
+            result = cursor.execute(sql)
+            columns = [d[0] for d in result.description] if result.description else []
+            return columns, result.fetchall()
+        finally:
+            cursor.close()
+
+
+class Loader:
+    """Background thread of ``clickstream local``: load and merge every ``interval`` seconds."""
+
+    def __init__(self, warehouse: Warehouse, data_dir: Path | str, interval: float = 0.5) -> None:
+        self.warehouse = warehouse
+        self.data_dir = Path(data_dir)
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        def loop() -> None:
+            stream = LocalStream(self.data_dir)
+            try:
+                while True:
+                    try:
+                        with self.lock:
+                            self.warehouse.load_from(stream)
+                        self.warehouse.stats.last_error = None
+                    except Exception as exc:
+                        self.warehouse.stats.last_error = str(exc)
+                        log.exception("warehouse load failed; retrying")
+                    if self._stop.wait(self.interval):
+                        break
+            finally:
+                stream.close()
+
+        self._thread = threading.Thread(target=loop, name="warehouse-loader", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)

@@ -1,0 +1,2 @@
+-- Pull new records from Kinesis into the streaming view.
+REFRESH MATERIALIZED VIEW ${schema}.${mv};

@@ -1,0 +1,1 @@
+UPDATE ${schema}.load_state SET watermark = target WHERE name = 'events';

@@ -1,0 +1,154 @@
+"""Events become Segment-style rows: the model on DuckDB, fed by the real local pipeline."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import httpx
+from segment.analytics import Client
+
+from clickstream.ingest import Record
+from clickstream.stream import LocalStream
+from clickstream.warehouse import Warehouse
+from tests.conftest import KEY
+
+UTC = dt.UTC
+
+
+def post_batch(live, body: dict) -> None:
+    r = httpx.post(live.url + "/v1/batch", json={**body, "writeKey": KEY}, timeout=10)
+    assert r.status_code == 200, r.text
+
+
+def test_sdk_events_land_in_segment_tables(live_pipeline):
+    client = Client(KEY, host=live_pipeline.url, sync_mode=True)
+    ts = dt.datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
+    client.identify("user-1", {"email": "a@example.com", "name": "Ada"}, timestamp=ts)
+    client.track("user-1", "Order Completed", {"revenue": 12.5}, timestamp=ts)
+    client.page("user-1", "Docs", "Install", {"url": "https://example.com/docs"})
+    client.screen("user-1", "Onboarding", "Welcome")
+    client.group("user-1", "acme", {"name": "ACME"})
+    client.alias("anon-7", "user-1")
+    live_pipeline.wait_loaded()
+    counts = {t: live_pipeline.query(f"SELECT COUNT(*) AS n FROM clickstream.{t}")[0]["n"]
+              for t in ("tracks", "identifies", "pages", "screens", "groups", "aliases", "users")}
+    assert counts == dict.fromkeys(counts, 1)
+    [track] = live_pipeline.query("SELECT * FROM clickstream.tracks")
+    assert track["event"] == "order_completed" and track["event_text"] == "Order Completed"
+    assert track["user_id"] == "user-1" and track["source"] == "web"
+    assert json.loads(track["properties"]) == {"revenue": 12.5}
+    assert track["context_library_name"] == "analytics-python"
+    assert track["original_timestamp"] == ts
+    assert track["loaded_at"] is not None and track["received_at"] is not None
+    [user] = live_pipeline.query("SELECT * FROM clickstream.users")
+    assert (user["id"], user["email"], user["name"]) == ("user-1", "a@example.com", "Ada")
+    [page] = live_pipeline.query("SELECT * FROM clickstream.pages")
+    assert page["name"] == "Install" and page["category"] == "Docs"
+    assert live_pipeline.query("SELECT group_id FROM clickstream.groups")[0]["group_id"] == "acme"
+    assert live_pipeline.query("SELECT previous_id FROM clickstream.events WHERE type = 'alias'")[0][
+        "previous_id"] == "anon-7"
+
+
+def test_timestamps_are_skew_corrected_and_context_merged(live_pipeline):
+    body = {
+        "sentAt": "2026-11-28T10:00:10.000Z",  # the device clock is behind or ahead: only differences count
+        "context": {"library": {"name": "analytics-python", "version": "9"}, "locale": "fr-FR",
+                    "page": {"url": "https://batch.example/"}, "campaign": {"name": "spring", "source": "news"}},
+        "batch": [
+            {"type": "track", "event": "A", "userId": "u", "messageId": "skew-1",
+             "timestamp": "2026-11-28T10:00:00.000Z",
+             "context": {"page": {"url": "https://own.example/x", "path": "/x"}, "ip": "198.51.100.4"}},
+            {"type": "track", "event": "B", "userId": "u", "messageId": "skew-2",
+             "timestamp": "2026-11-28T10:00:05.500Z", "sentAt": "2026-11-28T10:00:06.000Z"},
+            {"type": "track", "event": "C", "userId": "u", "messageId": "skew-3"},
+        ],
+    }
+    post_batch(live_pipeline, body)
+    live_pipeline.wait_loaded()
+    rows = {r["id"]: r for r in live_pipeline.query("SELECT * FROM clickstream.tracks")}
+    received = rows["skew-1"]["received_at"]
+    assert all(r["received_at"] == received for r in rows.values())
+    assert rows["skew-1"]["timestamp"] == received - dt.timedelta(seconds=10)
+    assert rows["skew-1"]["original_timestamp"] == dt.datetime(2026, 11, 28, 10, 0, 0, tzinfo=UTC)
+    assert rows["skew-2"]["sent_at"] == dt.datetime(2026, 11, 28, 10, 0, 6, tzinfo=UTC)  # its own sentAt wins
+    assert rows["skew-2"]["timestamp"] == received - dt.timedelta(seconds=0.5)
+    assert rows["skew-3"]["original_timestamp"] is None and rows["skew-3"]["timestamp"] == received
+    # message context keys win; batch context fills the rest (shallow merge per top-level key)
+    assert rows["skew-1"]["context_page_url"] == "https://own.example/x"
+    assert rows["skew-1"]["context_page_path"] == "/x" and rows["skew-1"]["context_ip"] == "198.51.100.4"
+    assert rows["skew-2"]["context_page_url"] == "https://batch.example/"
+    assert rows["skew-2"]["context_page_path"] is None
+    for r in rows.values():
+        assert (r["context_locale"], r["context_library_version"]) == ("fr-FR", "9")
+        assert (r["context_campaign_name"], r["context_campaign_source"]) == ("spring", "news")
+    assert rows["skew-2"]["context_ip"] is None  # a server library's event keeps what it sent
+
+
+def test_browser_events_get_request_ip_and_user_agent(live_pipeline):
+    msg = {"type": "page", "anonymousId": "anon-1", "name": "Home", "writeKey": KEY, "messageId": "ajs-1",
+           "context": {"library": {"name": "analytics.js", "version": "npm:next-1.84.0"}}}
+    r = httpx.post(live_pipeline.url + "/v1/p", content=json.dumps(msg),
+                   headers={"Content-Type": "text/plain", "User-Agent": "Mozilla/5.0 test"})
+    assert r.status_code == 200
+    live_pipeline.wait_loaded()
+    [page] = live_pipeline.query("SELECT * FROM clickstream.pages")
+    assert page["context_ip"] == "127.0.0.1" and page["context_user_agent"] == "Mozilla/5.0 test"
+    assert page["type"] == "page" and page["anonymous_id"] == "anon-1"
+
+
+def test_same_batch_twice_adds_no_rows(live_pipeline):
+    body = {"batch": [{"type": "track", "event": "E", "userId": "u", "messageId": f"dup-{i}"} for i in range(5)]}
+    post_batch(live_pipeline, body)
+    post_batch(live_pipeline, body)
+    live_pipeline.wait_loaded()
+    assert live_pipeline.query("SELECT COUNT(*) AS n FROM clickstream.tracks")[0]["n"] == 5
+    assert len(live_pipeline.records()) == 10  # both copies are in the stream; the warehouse dedups
+
+
+def test_hostile_records_are_rejected_with_reason(live_pipeline):
+    post_batch(live_pipeline, {"batch": [
+        {"type": "track", "event": "no ids"},
+        {"type": "track", "userId": "u"},
+        {"type": "bogus", "userId": "u"},
+        {"type": "alias", "userId": "u"},
+        {"type": "group", "anonymousId": "a"},
+        {"type": "track", "event": "ok", "userId": "u", "messageId": "x" * 101},
+        {"type": "track", "event": "ok", "userId": "u", "context": "{oops", "properties": "{nope",
+         "timestamp": "2026-02-30T00:00:00Z", "messageId": "survivor"},
+    ]})
+    stream = LocalStream(live_pipeline.data_dir)  # records that did not come through the API
+    stream.put([Record("k1", b"this is not json\n"), Record("k2", b'{"v":1,"source":"web"}\n'),
+                Record("k3", b'[1,2,3]\n'), Record("k4", b"\xff\xfe not utf-8\n")])
+    stream.close()
+    live_pipeline.wait_loaded()
+    reasons = sorted(r["reason"] for r in live_pipeline.query("SELECT reason FROM clickstream.rejected"))
+    assert reasons == sorted([
+        "missing_user_id_and_anonymous_id", "missing_event", "invalid_type", "missing_previous_id",
+        "missing_group_id", "message_id_too_long", "invalid_json", "invalid_json", "invalid_envelope",
+        "invalid_envelope"])
+    [bad] = live_pipeline.query("SELECT * FROM clickstream.rejected WHERE raw_format = 'hex' AND raw LIKE '7468%'")
+    assert bytes.fromhex(bad["raw"]) == b"this is not json\n"
+    [survivor] = live_pipeline.query("SELECT * FROM clickstream.tracks")
+    assert survivor["id"] == "survivor" and survivor["original_timestamp"] is None and survivor["properties"] is None
+
+
+def test_merge_is_idempotent_and_reload_of_same_records_changes_nothing(tmp_path, live_pipeline):
+    post_batch(live_pipeline, {"batch": [{"type": "identify", "userId": f"u{i}", "traits": {"i": i}}
+                                         for i in range(20)] + [{"type": "track"}]})
+    live_pipeline.wait_loaded()
+    before = {t: live_pipeline.query(f"SELECT * FROM clickstream.{t} ORDER BY 1")
+              for t in ("events", "rejected", "users")}
+    # a second, separate warehouse fed twice with the same stream (what a replay does) ends the same
+    stream = LocalStream(live_pipeline.data_dir)
+    records = stream.read(0, 1000)
+    stream.close()
+    wh = Warehouse(tmp_path / "other.duckdb")
+    for _ in range(2):
+        wh.load([type(r)(r.seq + 1000 * _, r.partition_key, r.data, r.arrival_ms) for r in records])
+        wh.merge()
+    assert wh.query("SELECT COUNT(*) FROM clickstream.events")[1][0][0] == len(before["events"]) == 20
+    assert wh.query("SELECT COUNT(*) FROM clickstream.rejected")[1][0][0] == len(before["rejected"]) == 1
+    _, rows = wh.query("SELECT * FROM clickstream.users ORDER BY 1")
+    assert [r[0] for r in rows] == [u["id"] for u in before["users"]]
+    wh.close()

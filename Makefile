@@ -8,7 +8,7 @@ DATA_DIR ?= .clickstream
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_CLI_TELEMETRY := true
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint synth clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed-run
 
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+## Synthesize the CDK app (templates in cdk.out/), offline.
+synth: $(VENV)/.installed-dev node_modules/.installed
+	npx cdk synth -q --no-notices
+
 ## Start the local pipeline with a dev write key and print how to send events.
 run: $(VENV)/.installed-run
 	$(BIN)/clickstream local --port $(PORT) --data-dir $(DATA_DIR) --write-key $(WRITE_KEY)
@@ -30,7 +38,7 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 
 ## Install everything the tests need, lint, and run the whole suite.
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev node_modules/.installed
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

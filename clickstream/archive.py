@@ -31,6 +31,9 @@ log = logging.getLogger("clickstream.archive")
 
 ARCHIVE_DIR = "archive"
 ARCHIVE_PREFIX = "events/"
+# What Firehose is configured with: the same layout as its default, written out so that the error
+# prefix may use expressions (https://docs.aws.amazon.com/firehose/latest/dev/s3-prefixes.html).
+FIREHOSE_PREFIX = ARCHIVE_PREFIX + "!{timestamp:yyyy/MM/dd/HH}/"
 # Firehose expands !{firehose:error-output-type}; the local archiver writes "processing-failed".
 ERROR_PREFIX = "errors/"
 ERROR_PREFIX_FIREHOSE = ERROR_PREFIX + "!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd/HH}/"

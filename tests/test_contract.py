@@ -71,3 +71,16 @@ def test_every_subcommand_is_in_the_readme():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     for name in sub.choices:
         assert f"clickstream {name}" in readme, name
+
+
+def test_every_configuration_key_is_in_the_readme_and_cdk_json():
+    import json
+
+    from clickstream.config import DEFAULTS
+
+    readme = (ROOT / "README.md").read_text()
+    context = json.loads((ROOT / "cdk.json").read_text())["context"]
+    for key in DEFAULTS:
+        assert f"`{key}`" in readme, key
+        if key not in ("redshiftSecretArn", "redshiftDbUser"):
+            assert key in context, key

@@ -16,6 +16,7 @@ from clickstream import contract
 REQUEST = "request.vtl"
 RESPONSE_SUCCESS = "response-success.vtl"
 RESPONSE_ERROR = "response-error.vtl"
+SETTINGS_REQUEST = "settings-request.vtl"
 
 
 def _vtl(value: object) -> str:
@@ -79,3 +80,19 @@ def response_template(name: str) -> str:
 def error_response_json(code: str) -> str:
     """A static Segment-style error body (for gateway responses and mock integrations)."""
     return json.dumps(contract.error_body(code), separators=(",", ":"))
+
+
+def settings_request_template(write_keys: Mapping[str, str]) -> str:
+    contract.parse_write_keys(write_keys)
+    return preamble({"writeKeys": dict(write_keys)}) + source(SETTINGS_REQUEST)
+
+
+def settings_response_template() -> str:
+    """analytics-next settings (contract.settings_body) with the key and host filled in by VTL.
+
+    The API's own domain and stage make ``apiHost``; only known keys reach this template.
+    """
+    body = json.dumps(contract.settings_body("@KEY@", "@HOST@"), separators=(",", ":"))
+    body = body.replace("@KEY@", "$key").replace("@HOST@", "$context.domainName/$context.stage/v1")
+    return ('#set($key = $util.escapeJavaScript($input.params(\'writeKey\')).replaceAll("\\\\\'", "\'"))\n'
+            + body + "\n")

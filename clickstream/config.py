@@ -1,0 +1,186 @@
+"""Deployment settings: defaults here, overridden by ``cdk.json`` context and ``-c key=value``.
+
+``app.py`` reads them once; every invalid key is reported in one error naming each key, so a bad
+``cdk synth`` says everything that is wrong at once. Values given with ``-c`` arrive as strings and
+are converted (numbers, booleans, JSON for maps and lists).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from clickstream import contract
+from clickstream.sqlmodel import ModelNames
+
+DEFAULTS: dict[str, Any] = {
+    "writeKeys": {},
+    "streamName": "clickstream-events",
+    "streamMode": "ON_DEMAND",
+    "shardCount": 2,
+    "retentionHours": 24,
+    "corsAllowOrigins": ["*"],
+    "stageName": "prod",
+    "throttlingRateLimit": 5000,
+    "throttlingBurstLimit": 2500,
+    "archiveBufferSeconds": 300,
+    "archiveBufferMiB": 5,
+    "archiveInfrequentAccessDays": 30,
+    "archiveGlacierDays": 180,
+    "archiveExpirationDays": 0,
+    "alarmEmail": "",
+    "redshiftMode": "serverless",
+    "redshiftName": "clickstream",
+    "redshiftDatabase": "dev",
+    "redshiftSecretArn": "",
+    "redshiftDbUser": "",
+    "createServerless": False,
+    "kinesisSchema": "kinesis",
+    "clickstreamSchema": "clickstream",
+    "clickstreamMaterializedView": "clickstream_stream",
+    "refreshSchedule": "rate(5 minutes)",
+}
+
+
+class ConfigError(ValueError):
+    """Invalid settings; the message names every offending key."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    write_keys: dict[str, str]
+    stream_name: str
+    stream_mode: str
+    shard_count: int
+    retention_hours: int
+    cors_allow_origins: tuple[str, ...]
+    stage_name: str
+    throttling_rate_limit: int
+    throttling_burst_limit: int
+    archive_buffer_seconds: int
+    archive_buffer_mib: int
+    archive_infrequent_access_days: int
+    archive_glacier_days: int
+    archive_expiration_days: int
+    alarm_email: str
+    redshift_mode: str
+    redshift_name: str
+    redshift_database: str
+    redshift_secret_arn: str
+    redshift_db_user: str
+    create_serverless: bool
+    kinesis_schema: str
+    clickstream_schema: str
+    clickstream_materialized_view: str
+    refresh_schedule: str
+
+    @property
+    def model_names(self) -> ModelNames:
+        return ModelNames(schema=self.clickstream_schema, mv=self.clickstream_materialized_view,
+                          kinesis_schema=self.kinesis_schema, stream_name=self.stream_name)
+
+
+def _camel_to_snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower().replace("mi_b", "mib")
+
+
+_FIELD_OF = {key: _camel_to_snake(key) for key in DEFAULTS}
+assert set(_FIELD_OF.values()) == {f.name for f in fields(Settings)}, "DEFAULTS and Settings disagree"
+
+
+def _coerce(key: str, value: Any, default: Any, errors: list[str]) -> Any:
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false"):
+                    raise ValueError
+                return value.lower() == "true"
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if isinstance(default, int):
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if isinstance(default, dict | list):
+            parsed = json.loads(value) if isinstance(value, str) else value
+            if not isinstance(parsed, type(default)):
+                raise ValueError
+            return parsed
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    except (ValueError, TypeError):
+        errors.append(f"{key}: expected {type(default).__name__}, got {value!r}")
+        return default
+
+
+def load_settings(get: Callable[[str], Any] | Mapping[str, Any]) -> Settings:
+    """``get`` is ``node.try_get_context`` (or a mapping, in tests)."""
+    lookup = get.get if isinstance(get, Mapping) else get
+    errors: list[str] = []
+    values: dict[str, Any] = {}
+    for key, default in DEFAULTS.items():
+        raw = lookup(key)
+        values[key] = default if raw is None else _coerce(key, raw, default, errors)
+
+    v = values
+    try:
+        contract.parse_write_keys(v["writeKeys"])
+    except contract.WriteKeyError as exc:
+        errors.append(f"writeKeys: {exc}")
+    if v["streamMode"] not in ("ON_DEMAND", "PROVISIONED"):
+        errors.append(f"streamMode: must be ON_DEMAND or PROVISIONED, got {v['streamMode']!r}")
+    if not 1 <= v["shardCount"] <= 500:
+        errors.append(f"shardCount: must be 1-500, got {v['shardCount']}")
+    if not 24 <= v["retentionHours"] <= 8760:
+        errors.append(f"retentionHours: must be 24-8760 (Kinesis limits), got {v['retentionHours']}")
+    origins = v["corsAllowOrigins"]
+    if not origins or not all(isinstance(o, str) and (o == "*" or re.match(r"^https?://[^/]+$", o))
+                              for o in origins):
+        errors.append("corsAllowOrigins: a list of '*' or origins like 'https://shop.example.com'")
+    elif len(origins) > 1:
+        errors.append("corsAllowOrigins: give '*' or exactly one origin (API Gateway answers one static value)")
+    if not re.match(r"^[A-Za-z0-9_]{1,128}$", v["stageName"]):
+        errors.append(f"stageName: letters, digits and '_' only, got {v['stageName']!r}")
+    if not 0 < v["throttlingBurstLimit"] <= 5000 or not 0 < v["throttlingRateLimit"] <= 10000:
+        errors.append("throttlingRateLimit/throttlingBurstLimit: 1-10000 and 1-5000 (account defaults)")
+    if not 0 <= v["archiveBufferSeconds"] <= 900:
+        errors.append(f"archiveBufferSeconds: must be 0-900 (Firehose limits), got {v['archiveBufferSeconds']}")
+    if not 1 <= v["archiveBufferMiB"] <= 128:
+        errors.append(f"archiveBufferMiB: must be 1-128 (Firehose limits), got {v['archiveBufferMiB']}")
+    ia, glacier, expire = (v["archiveInfrequentAccessDays"], v["archiveGlacierDays"], v["archiveExpirationDays"])
+    if ia and ia < 30:
+        errors.append(f"archiveInfrequentAccessDays: S3 requires at least 30 (or 0 to skip), got {ia}")
+    if glacier and ia and glacier < ia + 30:
+        errors.append("archiveGlacierDays: must be at least 30 days after archiveInfrequentAccessDays")
+    if expire and expire <= max(ia, glacier):
+        errors.append("archiveExpirationDays: must be after the transitions (or 0 to keep forever)")
+    if v["alarmEmail"] and not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", v["alarmEmail"]):
+        errors.append(f"alarmEmail: not an e-mail address: {v['alarmEmail']!r}")
+    if v["redshiftMode"] not in ("serverless", "provisioned"):
+        errors.append(f"redshiftMode: must be serverless or provisioned, got {v['redshiftMode']!r}")
+    if v["redshiftMode"] == "provisioned" and not (v["redshiftSecretArn"] or v["redshiftDbUser"]):
+        errors.append("redshiftSecretArn/redshiftDbUser: a provisioned cluster needs one of them")
+    if v["redshiftMode"] == "provisioned" and v["createServerless"]:
+        errors.append("createServerless: only with redshiftMode serverless")
+    if not re.match(r"^[a-z][a-z0-9-]{2,63}$", v["redshiftName"]):
+        errors.append(f"redshiftName: lower-case letters, digits and '-', 3-64 long, got {v['redshiftName']!r}")
+    if not re.match(r"^[a-z_][a-z0-9_$]{0,126}$", v["redshiftDatabase"]):
+        errors.append(f"redshiftDatabase: not a database name: {v['redshiftDatabase']!r}")
+    if not re.match(r"^(rate|cron)\(.+\)$", v["refreshSchedule"]):
+        errors.append("refreshSchedule: an EventBridge rate(...) or cron(...) expression, "
+                      f"got {v['refreshSchedule']!r}")
+    names = ModelNames(schema=v["clickstreamSchema"], mv=v["clickstreamMaterializedView"],
+                       kinesis_schema=v["kinesisSchema"], stream_name=v["streamName"])
+    key_of = {"schema": "clickstreamSchema", "mv": "clickstreamMaterializedView", "kinesis_schema": "kinesisSchema",
+              "stream_name": "streamName"}
+    for problem in names.validate():
+        field = problem.split(" ", 1)[0]
+        errors.append(f"{key_of.get(field, field)}: {problem.split(' ', 1)[1]}")
+    if errors:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+    return Settings(**{_FIELD_OF[k]: (tuple(val) if isinstance(val, list) else val) for k, val in values.items()})

@@ -1,0 +1,1 @@
+"""CDK stacks: one per deployable concern (storage, ingest, warehouse)."""

@@ -1,0 +1,311 @@
+"""The CDK app: synthesized templates asserted, linted (cfn-lint), checked by cdk-nag, and the
+mapping templates taken out of the synthesized API and rendered for real SDK payloads."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.cdk
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+cdk = pytest.importorskip("aws_cdk")
+from aws_cdk.assertions import Match, Template  # noqa: E402
+
+from clickstream import apigw, contract  # noqa: E402
+from clickstream.config import ConfigError, load_settings  # noqa: E402
+from clickstream.ingest import RequestInfo, build_records  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTEXT = json.loads((ROOT / "cdk.json").read_text())["context"]
+KEYS = {"web-write-key-1": "web", "server-write-key-1": "backend"}
+
+
+def synth(outdir: Path, **overrides):
+    sys.path.insert(0, str(ROOT))
+    import app as app_module
+
+    app = cdk.App(context={**CONTEXT, "writeKeys": KEYS, **overrides}, outdir=str(outdir))
+    app_module.build_app(app)
+    assembly = app.synth()
+    stacks = {s.stack_name: s for s in app.node.children if isinstance(s, cdk.Stack)}
+    return assembly, {name: Template.from_stack(stack) for name, stack in stacks.items()}
+
+
+@pytest.fixture(scope="module")
+def synthesized(tmp_path_factory):
+    return synth(tmp_path_factory.mktemp("cdk.out"))
+
+
+@pytest.fixture(scope="module")
+def storage(synthesized) -> Template:
+    return synthesized[1]["ClickstreamStorage"]
+
+
+@pytest.fixture(scope="module")
+def ingest(synthesized) -> Template:
+    return synthesized[1]["ClickstreamIngest"]
+
+
+def test_stream_is_on_demand_encrypted_with_retention(storage):
+    storage.has_resource_properties("AWS::Kinesis::Stream", {
+        "Name": "clickstream-events",
+        "StreamModeDetails": {"StreamMode": "ON_DEMAND"},
+        "RetentionPeriodHours": 24,
+        "StreamEncryption": {"EncryptionType": "KMS", "KeyId": Match.any_value()},
+    })
+    storage.has_resource_properties("AWS::KMS::Key", {"EnableKeyRotation": True})
+
+
+def test_provisioned_mode_and_retention_from_context(tmp_path):
+    _, templates = synth(tmp_path, streamMode="PROVISIONED", shardCount="4", retentionHours="72")
+    templates["ClickstreamStorage"].has_resource_properties("AWS::Kinesis::Stream", {
+        "ShardCount": 4, "RetentionPeriodHours": 72, "StreamModeDetails": {"StreamMode": "PROVISIONED"}})
+
+
+def test_firehose_archives_gzip_ndjson_with_the_local_layout(storage):
+    from clickstream import archive
+
+    storage.has_resource_properties("AWS::KinesisFirehose::DeliveryStream", {
+        "DeliveryStreamType": "KinesisStreamAsSource",
+        "KinesisStreamSourceConfiguration": Match.object_like({"KinesisStreamARN": Match.any_value()}),
+        "ExtendedS3DestinationConfiguration": Match.object_like({
+            "CompressionFormat": "GZIP",
+            "Prefix": archive.FIREHOSE_PREFIX,
+            "ErrorOutputPrefix": archive.ERROR_PREFIX_FIREHOSE,
+            "BufferingHints": {"IntervalInSeconds": 300, "SizeInMBs": 5},
+            "CloudWatchLoggingOptions": Match.object_like({"Enabled": True}),
+        }),
+    })
+    assert archive.FIREHOSE_PREFIX.startswith(archive.ARCHIVE_PREFIX)
+
+
+def test_archive_bucket_is_locked_down_with_lifecycle_and_access_logs(storage):
+    storage.has_resource_properties("AWS::S3::Bucket", {
+        "BucketEncryption": Match.any_value(),
+        "PublicAccessBlockConfiguration": {"BlockPublicAcls": True, "BlockPublicPolicy": True,
+                                           "IgnorePublicAcls": True, "RestrictPublicBuckets": True},
+        "LoggingConfiguration": Match.object_like({"LogFilePrefix": "archive/"}),
+        "VersioningConfiguration": {"Status": "Enabled"},
+        "LifecycleConfiguration": {"Rules": [Match.object_like({"Transitions": [
+            {"StorageClass": "STANDARD_IA", "TransitionInDays": 30},
+            {"StorageClass": "GLACIER_IR", "TransitionInDays": 180}]})]},
+    })
+    policies = storage.find_resources("AWS::S3::BucketPolicy")
+    text = json.dumps(policies)
+    assert '"aws:SecureTransport": "false"' in text
+
+
+def test_no_lambda_between_api_gateway_and_kinesis(ingest):
+    assert ingest.find_resources("AWS::Lambda::Function") == {}
+    methods = ingest.find_resources("AWS::ApiGateway::Method", {"Properties": {"HttpMethod": "POST"}})
+    assert len(methods) == len(contract.tracking_paths())
+    kinesis = [m for m in methods.values() if m["Properties"]["Integration"]["Type"] == "AWS"]
+    assert len(kinesis) == len(contract.tracking_paths()) - 1  # all but /v1/m (mock)
+    for m in kinesis:
+        uri = json.dumps(m["Properties"]["Integration"]["Uri"])
+        assert ":kinesis:action/PutRecords" in uri
+        assert m["Properties"]["Integration"]["PassthroughBehavior"] == "NEVER"
+        assert set(m["Properties"]["Integration"]["RequestTemplates"]) == set(contract.ACCEPTED_MEDIA_TYPES)
+
+
+def test_integration_role_may_only_put_records_on_this_stream(ingest):
+    policies = ingest.find_resources("AWS::IAM::Policy")
+    role_policies = [p for p in policies.values()
+                     if "KinesisIntegrationRole" in json.dumps(p["Properties"]["Roles"])]
+    statements = [s for p in role_policies for s in p["Properties"]["PolicyDocument"]["Statement"]]
+    actions = sorted(a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"]))
+    assert actions == ["kinesis:PutRecord", "kinesis:PutRecords", "kms:GenerateDataKey"]
+    for s in statements:
+        assert "*" not in json.dumps(s["Resource"])
+
+
+def test_api_stage_has_throttling_tracing_and_json_access_logs(ingest):
+    ingest.has_resource_properties("AWS::ApiGateway::Stage", {
+        "StageName": "prod",
+        "TracingEnabled": True,
+        "AccessLogSetting": Match.object_like({"Format": Match.string_like_regexp(r"requestId")}),
+        "MethodSettings": Match.array_with([Match.object_like({
+            "ThrottlingRateLimit": 5000, "ThrottlingBurstLimit": 2500, "LoggingLevel": "ERROR"})]),
+    })
+    ingest.has_resource_properties("AWS::ApiGateway::RestApi", {
+        "EndpointConfiguration": {"Types": ["REGIONAL"]}, "MinimumCompressionSize": 1024})
+
+
+def test_gateway_responses_are_segment_shaped_with_cors(ingest):
+    responses = ingest.find_resources("AWS::ApiGateway::GatewayResponse")
+    by_type = {r["Properties"]["ResponseType"]: r["Properties"] for r in responses.values()}
+    for rtype, code in [("BAD_REQUEST_BODY", "invalid_json"), ("THROTTLED", "throttled"),
+                        ("UNSUPPORTED_MEDIA_TYPE", "unsupported_media_type"), ("DEFAULT_5XX", "internal_error"),
+                        ("MISSING_AUTHENTICATION_TOKEN", "not_found"), ("REQUEST_TOO_LARGE", "request_too_large")]:
+        props = by_type[rtype]
+        assert json.loads(props["ResponseTemplates"]["application/json"])["code"] == code
+        assert props["ResponseParameters"]["gatewayresponse.header.Access-Control-Allow-Origin"] == "'*'"
+    assert by_type["THROTTLED"]["StatusCode"] == "429"
+    assert by_type["THROTTLED"]["ResponseParameters"]["gatewayresponse.header.Retry-After"] == "'1'"
+    assert by_type["MISSING_AUTHENTICATION_TOKEN"]["StatusCode"] == "404"
+
+
+def test_preflight_allows_authorization_by_name(ingest):
+    options = ingest.find_resources("AWS::ApiGateway::Method", {"Properties": {"HttpMethod": "OPTIONS"}})
+    assert options
+    text = json.dumps(options)
+    assert "Authorization" in text and "X-Retry-Count" in text
+
+
+class _Capture(BaseHTTPRequestHandler):
+    captured: list[tuple[str, dict, bytes]] = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.captured.append((self.path, dict(self.headers), body))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(contract.SUCCESS_BODY.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+def sdk_requests(gzip: bool) -> list[tuple[str, dict, bytes]]:
+    """What the official Python SDK really sends, captured on loopback."""
+    from segment.analytics import Client
+
+    _Capture.captured = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Capture)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = Client("web-write-key-1", host=f"http://127.0.0.1:{server.server_port}", sync_mode=True, gzip=gzip)
+        client.track("user-1", "Order Completed", {"revenue": 9.5, "note": 'quote " backslash \\ $x #set'})
+        client.identify("user-1", {"email": "a@example.com"})
+        client.page("user-1", "Docs", "Install")
+    finally:
+        server.shutdown()
+    return list(_Capture.captured)
+
+
+def method_for(template: Template, path_part: str, http_method: str = "POST") -> dict:
+    resources = template.find_resources("AWS::ApiGateway::Resource")
+    ids = [rid for rid, r in resources.items() if r["Properties"]["PathPart"] == path_part]
+    for m in template.find_resources("AWS::ApiGateway::Method").values():
+        if m["Properties"]["HttpMethod"] == http_method and m["Properties"]["ResourceId"].get("Ref") in ids:
+            return m["Properties"]
+    raise LookupError(path_part)
+
+
+@pytest.mark.parametrize("use_gzip", [False, True])
+def test_deployed_templates_turn_real_sdk_requests_into_the_local_records(ingest, use_gzip):
+    import gzip
+
+    integration = method_for(ingest, "batch")["Integration"]
+    request_template = integration["RequestTemplates"]["application/json"]
+    responses = {r.get("SelectionPattern", ""): r["ResponseTemplates"]["application/json"]
+                 for r in integration["IntegrationResponses"]}
+    for path, headers, body in sdk_requests(use_gzip):
+        assert path == "/v1/batch"
+        if headers.get("Content-Encoding") == "gzip":  # API Gateway inflates before the template
+            body = gzip.decompress(body)
+        text = body.decode()
+        req = apigw.GatewayRequest(resource_path="/v1/batch", body=text, headers=headers, request_id="req-9",
+                                   request_time_epoch=1795867210000, source_ip="203.0.113.5")
+        rendered, _ = apigw.render(request_template, text, req)
+        put = json.loads(rendered)
+        assert put["StreamName"] == "clickstream-events"
+        vtl = [json.loads(base64.b64decode(r["Data"])) for r in put["Records"]]
+        local = build_records(RequestInfo("batch", "req-9", 1795867210000, "203.0.113.5",
+                                          headers.get("User-Agent"), headers.get("Authorization")), body, KEYS)
+        assert vtl == [json.loads(r.data) for r in local]
+        assert vtl[0]["source"] == "web" and vtl[0]["message"]["context"]["library"]["name"] == "analytics-python"
+        ok = apigw.integration_response(responses, 200, '{"FailedRecordCount":0,"Records":[]}', req)
+        assert (ok.status, ok.json()) == (200, {"success": True})
+
+
+def test_deployed_settings_endpoint(ingest):
+    method = method_for(ingest, "settings", "GET")["Integration"]
+    request_tpl = method["RequestTemplates"]["application/json"]
+    ok_tpl = next(r for r in method["IntegrationResponses"] if r["StatusCode"] == "200")["ResponseTemplates"]
+    for key, expected in [("web-write-key-1", 200), ("nope-nope-nope", 401)]:
+        req = apigw.GatewayRequest(resource_path="/v1/projects/{writeKey}/settings", body="", http_method="GET",
+                                   domain_name="abc.execute-api.eu-west-1.amazonaws.com", stage="prod")
+        req_params = apigw.Input("", {"path": {"writeKey": key}, "querystring": {}, "header": {}})
+        out = apigw._template(request_tpl).merge({"input": req_params, "context": req.context(),
+                                                  "util": apigw.Util()})
+        assert json.loads(out)["statusCode"] == expected
+    out = apigw._template(ok_tpl["application/json"]).merge({
+        "input": apigw.Input("", {"path": {"writeKey": "web-write-key-1"}, "querystring": {}, "header": {}}),
+        "context": req.context(), "util": apigw.Util()})
+    seg = json.loads(out)["integrations"]["Segment.io"]
+    assert seg == {"apiKey": "web-write-key-1", "apiHost": "abc.execute-api.eu-west-1.amazonaws.com/prod/v1",
+                   "protocol": "https"}
+
+
+def test_outputs_give_endpoint_and_settings_url(ingest, storage):
+    outputs = ingest.find_outputs("*")
+    assert {"Endpoint", "SettingsUrl", "ApiHost"} <= set(outputs)
+    assert {"StreamName", "ArchiveBucket"} <= set(storage.find_outputs("*"))
+
+
+def test_bad_configuration_names_every_key():
+    with pytest.raises(ConfigError) as info:
+        load_settings({"writeKeys": {"short": "web"}, "streamMode": "FAST", "retentionHours": "2",
+                       "shardCount": "lots", "corsAllowOrigins": ["ftp://x"], "redshiftMode": "cloud"})
+    text = str(info.value)
+    for key in ("writeKeys:", "streamMode:", "retentionHours:", "shardCount:", "corsAllowOrigins:",
+                "redshiftMode:"):
+        assert key in text
+
+
+def test_synth_fails_with_the_config_message(tmp_path):
+    import app as app_module
+
+    with pytest.raises(SystemExit) as info:
+        app_module.build_app(cdk.App(context={**CONTEXT, "streamMode": "FAST"}, outdir=str(tmp_path)))
+    assert "streamMode: must be ON_DEMAND or PROVISIONED" in str(info.value)
+
+
+def test_cfn_lint_is_clean(synthesized, tmp_path):
+    assembly, _ = synthesized
+    templates = sorted(Path(assembly.directory).glob("*.template.json"))
+    assert len(templates) == 2
+    # W3005: CDK's redundant DependsOn; W7001: the Firehose construct's unused CIDR mapping.
+    cfn_lint = str(Path(sys.executable).with_name("cfn-lint"))
+    out = subprocess.run([cfn_lint, "-i", "W3005", "W7001", "--", *map(str, templates)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_cdk_nag_runs_and_fails_on_a_finding(tmp_path):
+    """The AwsSolutions plugin is really on: an unencrypted, unlogged bucket makes synth fail."""
+    from aws_cdk import aws_s3 as s3
+
+    import app as app_module
+
+    app = cdk.App(context={**CONTEXT, "writeKeys": KEYS}, outdir=str(tmp_path))
+    app_module.build_app(app)
+    bad = cdk.Stack(app, "Bad")
+    s3.Bucket(bad, "Naked")
+    with pytest.raises(Exception, match="ValidationFailed"):
+        app.synth()
+    report = json.loads((tmp_path / "validation-report.json").read_text())
+    assert "AwsSolutions-S1" in json.dumps(report)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("npx") is None or not (ROOT / "node_modules" / ".bin" / "cdk").exists(),
+                    reason="the pinned CDK CLI is installed by `make test` (npm ci)")
+def test_cdk_cli_synthesizes_offline(tmp_path):
+    env = {**os.environ, "CDK_DISABLE_CLI_TELEMETRY": "true", "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
+    out = subprocess.run(["npx", "cdk", "synth", "-q", "--no-notices", "-o", str(tmp_path)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert {p.name for p in tmp_path.glob("*.template.json")} == {"ClickstreamStorage.template.json",
+                                                                  "ClickstreamIngest.template.json"}

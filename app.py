@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """The CDK app: reads the configuration once, validates it, and composes the stacks.
 
-Deploy order (cross-stack references, no cycles): ClickstreamStorage -> ClickstreamIngest.
+Deploy order (cross-stack references, no cycles): ClickstreamStorage -> ClickstreamIngest ->
+ClickstreamWarehouse.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 import aws_cdk as cdk
@@ -15,6 +15,7 @@ from cdk_nag import AwsSolutionsChecks
 from clickstream.config import ConfigError, load_settings
 from stacks.ingest import IngestStack
 from stacks.storage import StorageStack
+from stacks.warehouse import WarehouseStack
 
 
 def build_app(app: cdk.App | None = None, *, nag: bool = True) -> cdk.App:
@@ -23,11 +24,16 @@ def build_app(app: cdk.App | None = None, *, nag: bool = True) -> cdk.App:
         settings = load_settings(app.node.try_get_context)
     except ConfigError as exc:
         sys.exit(f"clickstream: {exc}")
-    env = cdk.Environment(account=os.environ.get("CDK_DEFAULT_ACCOUNT"), region=os.environ.get("CDK_DEFAULT_REGION"))
+    # Environment-agnostic: the same template deploys to any account and region (`cdk deploy` picks
+    # them from the AWS profile); nothing here needs a lookup at synth time.
+    env = None
     storage = StorageStack(app, "ClickstreamStorage", settings=settings, env=env,
                            description="Clickstream: Kinesis stream, Firehose archive to S3")
-    IngestStack(app, "ClickstreamIngest", settings=settings, storage=storage, env=env,
-                description="Clickstream: Segment-compatible tracking API (API Gateway -> Kinesis)")
+    ingest = IngestStack(app, "ClickstreamIngest", settings=settings, storage=storage, env=env,
+                         description="Clickstream: Segment-compatible tracking API (API Gateway -> Kinesis)")
+    WarehouseStack(app, "ClickstreamWarehouse", settings=settings, storage=storage,
+                   alarm_topic=ingest.monitoring.topic, env=env,
+                   description="Clickstream: Redshift streaming ingestion, setup and refresh workflows")
     if nag:
         cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     return app

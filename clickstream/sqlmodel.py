@@ -50,10 +50,15 @@ class ModelNames:
         return errors
 
 
+SKIP_IF_EXISTS = "-- clickstream: skip-if-exists"
+
+
 @dataclass(frozen=True)
 class Statement:
     name: str  # e.g. "setup/040_tables.sql#2"
     sql: str
+    # The workflow treats "already exists" as done (for statements with no IF NOT EXISTS form).
+    skip_if_exists: bool = False
 
 
 def fill(text: str, names: ModelNames) -> str:
@@ -88,8 +93,9 @@ def redshift_statements(phase: str, names: ModelNames) -> list[Statement]:
     """What the Step Functions workflows send to the Redshift Data API, in order."""
     out = []
     for path in files(phase):
-        for i, sql in enumerate(split_statements(fill(path.read_text(), names)), 1):
-            out.append(Statement(f"{phase}/{path.name}#{i}", sql))
+        text = path.read_text()
+        for i, sql in enumerate(split_statements(fill(text, names)), 1):
+            out.append(Statement(f"{phase}/{path.name}#{i}", sql, SKIP_IF_EXISTS in text))
     return out
 
 

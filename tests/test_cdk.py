@@ -275,7 +275,7 @@ def test_synth_fails_with_the_config_message(tmp_path):
 def test_cfn_lint_is_clean(synthesized, tmp_path):
     assembly, _ = synthesized
     templates = sorted(Path(assembly.directory).glob("*.template.json"))
-    assert len(templates) == 2
+    assert len(templates) == 3
     # W3005: CDK's redundant DependsOn; W7001: the Firehose construct's unused CIDR mapping.
     cfn_lint = str(Path(sys.executable).with_name("cfn-lint"))
     out = subprocess.run([cfn_lint, "-i", "W3005", "W7001", "--", *map(str, templates)],
@@ -307,5 +307,5 @@ def test_cdk_cli_synthesizes_offline(tmp_path):
     out = subprocess.run(["npx", "cdk", "synth", "-q", "--no-notices", "-o", str(tmp_path)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert {p.name for p in tmp_path.glob("*.template.json")} == {"ClickstreamStorage.template.json",
-                                                                  "ClickstreamIngest.template.json"}
+    assert {p.name for p in tmp_path.glob("*.template.json")} == {
+        "ClickstreamStorage.template.json", "ClickstreamIngest.template.json", "ClickstreamWarehouse.template.json"}

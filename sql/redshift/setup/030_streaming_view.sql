@@ -1,5 +1,6 @@
 -- Streaming ingestion: every Kinesis record, whole, as SUPER. Records that are not JSON are kept
 -- (as bytes) so the merge can put them in `rejected` instead of losing them.
+-- clickstream: skip-if-exists (Redshift has no CREATE MATERIALIZED VIEW IF NOT EXISTS)
 -- AUTO REFRESH NO: the refresh workflow refreshes, then merges, so the merge sees a stable view.
 CREATE MATERIALIZED VIEW ${schema}.${mv} AUTO REFRESH NO AS
 SELECT

@@ -14,6 +14,7 @@ from cdk_nag import AwsSolutionsChecks
 
 from clickstream.config import ConfigError, load_settings
 from stacks.ingest import IngestStack
+from stacks.replay import ReplayStack
 from stacks.storage import StorageStack
 from stacks.warehouse import WarehouseStack
 
@@ -34,6 +35,8 @@ def build_app(app: cdk.App | None = None, *, nag: bool = True) -> cdk.App:
     WarehouseStack(app, "ClickstreamWarehouse", settings=settings, storage=storage,
                    alarm_topic=ingest.monitoring.topic, env=env,
                    description="Clickstream: Redshift streaming ingestion, setup and refresh workflows")
+    ReplayStack(app, "ClickstreamReplay", settings=settings, storage=storage, env=env,
+                description="Clickstream: replay archived events from S3 onto the stream")
     if nag:
         cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     return app

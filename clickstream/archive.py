@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import io
+import json
 import logging
 import os
 import threading
@@ -22,8 +23,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import orjson
 
 from clickstream.stream import LocalStream, StreamRecord
 
@@ -81,14 +80,14 @@ def _processing_failed(record: StreamRecord, reason: str) -> bytes:
     """Firehose's error-record shape, so error objects read the same in both places."""
     import base64
 
-    return orjson.dumps({
+    return (json.dumps({
         "attemptsMade": 1,
         "arrivalTimestamp": record.arrival_ms,
         "errorCode": "Record.NotNewlineDelimited",
         "errorMessage": reason,
         "rawData": base64.b64encode(record.data).decode("ascii"),
         "sequenceNumber": str(record.seq),
-    }, option=orjson.OPT_APPEND_NEWLINE)
+    }, separators=(",", ":")) + "\n").encode()
 
 
 @dataclass
@@ -221,11 +220,14 @@ class S3Archive:
         self.client = client or boto3.client("s3")
 
     def list(self, start: dt.datetime, end: dt.datetime, prefix: str = ARCHIVE_PREFIX) -> Iterator[ArchiveObject]:
-        paginator = self.client.get_paginator("list_objects_v2")
         for hour in hours_between(start, end):
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.base + hour_prefix(prefix, hour)):
-                for obj in page.get("Contents", []):
-                    yield ArchiveObject(obj["Key"][len(self.base):], obj["Size"])
+            yield from self.list_prefix(hour_prefix(prefix, hour))
+
+    def list_prefix(self, key_prefix: str) -> Iterator[ArchiveObject]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.base + key_prefix):
+            for obj in page.get("Contents", []):
+                yield ArchiveObject(obj["Key"][len(self.base):], obj["Size"])
 
     def open(self, key: str):
         return self.client.get_object(Bucket=self.bucket, Key=self.base + key)["Body"]

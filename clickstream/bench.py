@@ -217,6 +217,38 @@ def bench_loader(events: int = 200_000, batch: int = 50_000) -> LoaderFigures:
     return LoaderFigures(loaded, round(seconds, 2), round(loaded / seconds, 1), batch, rows, rejected)
 
 
+def bench_replay(events: int = 200_000) -> dict:
+    """Records replayed per second from a local archive (gzip objects) into a fresh local stream."""
+    import datetime as dt
+    import gzip
+
+    from clickstream import archive, replay
+    from clickstream.ingest import RequestInfo, build_records
+
+    keys = {BENCH_KEY: "bench"}
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    with tempfile.TemporaryDirectory(prefix="clickstream-bench-replay-") as tmp:
+        root = Path(tmp) / "source" / archive.ARCHIVE_DIR
+        bodies = _batch_bodies(max(1, events // 100), 100)
+        per_object = 50  # 5,000 records per object, like a few seconds of busy Firehose buffering
+        for first in range(0, len(bodies), per_object):
+            lines = []
+            for n, body in enumerate(bodies[first:first + per_object], first):
+                info = RequestInfo("batch", f"req-{n}", int(start.timestamp() * 1000), "203.0.113.9", "bench")
+                lines += [r.data for r in build_records(info, body.replace(
+                    b'"batch"', b'"writeKey":"' + BENCH_KEY.encode() + b'","batch"', 1), keys)]
+            path = root / archive.object_key(archive.ARCHIVE_PREFIX, "bench", start)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(gzip.compress(b"".join(lines), compresslevel=6))
+        target = replay.LocalTarget(Path(tmp) / "target")
+        stats = replay.replay(archive.LocalArchive(root), target, start - dt.timedelta(minutes=1),
+                              start + dt.timedelta(minutes=1))
+        stored = target.stream.count()
+    if stored != stats.records:
+        raise SystemExit(f"replay lost records: {stats.records} replayed, {stored} stored")
+    return replay.stats_dict(stats)
+
+
 def print_table(figures: list[Figures]) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -85,6 +85,31 @@ def build_parser() -> argparse.ArgumentParser:
     records.add_argument("--after", type=int, default=0, help="start after this sequence number")
     records.add_argument("--limit", type=int, default=None, help="print at most N records")
     records.set_defaults(func=_cmd_records)
+    replay = sub.add_parser(
+        "replay",
+        help="put archived events for a time range back on a stream (local or Kinesis)",
+        description="Replay archived records received in [--from, --to] from the local archive or "
+        "s3://bucket/prefix onto the local stream or a Kinesis stream. Only the hour prefixes of the "
+        "range are listed; objects are streamed; records go in PutRecords-sized chunks (<= 500, <= 5 MiB); "
+        "only failed records are retried, with backoff and jitter. Progress is checkpointed: run the same "
+        "command again to resume. Replaying what is already loaded changes no warehouse row.",
+    )
+    _data_dir_option(replay)
+    replay.add_argument("--from", dest="start", required=True, help="start time, ISO 8601 (UTC if no offset)")
+    replay.add_argument("--to", dest="end", required=True, help="end time, ISO 8601 (inclusive)")
+    replay.add_argument("--source", help="archive: a local data/archive dir or s3://bucket/prefix "
+                        "(default: the archive in --data-dir)")
+    replay.add_argument("--target-stream", metavar="NAME",
+                        help="Kinesis stream to put records on (boto3 credential chain); default: the local "
+                        "stream in --data-dir")
+    replay.add_argument("--region", help="AWS region for s3:// sources and Kinesis targets")
+    replay.add_argument("--rate", type=float, help="at most this many records per second")
+    replay.add_argument("--dry-run", action="store_true", help="count objects, records and bytes; put nothing")
+    replay.add_argument("--checkpoint", type=Path,
+                        help="progress file for resuming (default: replay-<range>.json in --data-dir)")
+    replay.add_argument("--json", action="store_true", help="print the summary as JSON")
+    replay.set_defaults(func=_cmd_replay)
+
     bench = sub.add_parser(
         "bench",
         help="measure the local tracking API (events/s, requests/s, latency) against a bare server",
@@ -92,9 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
         "peak throughput, latency at half of peak, and a bare HTTP server on the same stack as a baseline. "
         "Fails if any acknowledged event is missing from the stream.",
     )
-    bench.add_argument("--scenario", action="append", choices=["batch", "single", "load"],
+    bench.add_argument("--scenario", action="append", choices=["batch", "single", "load", "replay"],
                        help="batch/single: HTTP ingest; load: events merged per second into the DuckDB "
-                       "warehouse; repeatable (default: all three)")
+                       "warehouse; replay: archived records replayed per second into the local stream; "
+                       "repeatable (default: all four)")
     bench.add_argument("--load-events", type=int, default=200_000, help="events for the load scenario")
     bench.add_argument("--seconds", type=float, default=10.0, help="length of each run (default 10)")
     bench.add_argument("--connections", type=int, default=32, help="concurrent keep-alive connections (default 32)")
@@ -104,19 +130,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    import hashlib
+    import json
+
+    from clickstream import replay as rp
+    from clickstream.archive import open_archive
+
+    try:
+        start, end = rp.parse_time(args.start), rp.parse_time(args.end)
+    except ValueError as exc:
+        print(f"clickstream replay: bad time: {exc}", file=sys.stderr)
+        return 2
+    if end < start:
+        print("clickstream replay: --to is before --from", file=sys.stderr)
+        return 2
+    source = args.source or str(args.data_dir)
+    if args.region and source.startswith("s3://"):
+        import boto3
+
+        from clickstream.archive import S3Archive
+
+        archive = S3Archive(source, boto3.client("s3", region_name=args.region))
+    else:
+        archive = open_archive(source)
+    target = None
+    if not args.dry_run:
+        if args.target_stream:
+            import boto3
+
+            target = rp.KinesisTarget(args.target_stream, boto3.client("kinesis", region_name=args.region))
+        else:
+            target = rp.LocalTarget(args.data_dir)
+    checkpoint = None
+    if not args.dry_run:
+        ident = hashlib.sha256(f"{source}|{args.target_stream}|{start}|{end}".encode()).hexdigest()[:12]
+        args.data_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint = rp.Checkpoint.load(args.checkpoint or args.data_dir / f"replay-{ident}.json")
+    stats = rp.replay(archive, target, start, end, rate=args.rate, checkpoint=checkpoint,
+                      progress=sys.stderr.isatty() and not args.json)
+    summary = rp.stats_dict(stats)
+    summary["dry_run"] = args.dry_run
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        verb = "would replay" if args.dry_run else "replayed"
+        print(f"{verb} {stats.records:,} records ({stats.bytes:,} bytes) from {stats.objects} objects in "
+              f"{stats.seconds:.2f} s ({summary['records_per_second']:,.0f} records/s); "
+              f"{stats.skipped_out_of_range:,} outside the range, {stats.retries:,} retried")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
     from clickstream import bench
 
-    chosen = args.scenario or ["batch", "single", "load"]
-    http = [s for s in chosen if s != "load"]
+    chosen = args.scenario or ["batch", "single", "load", "replay"]
+    http = [s for s in chosen if s in ("batch", "single")]
     figures = bench.run_bench(http, args.seconds, args.connections, args.batch_size) if http else []
     loader = bench.bench_loader(args.load_events) if "load" in chosen else None
+    replayed = bench.bench_replay(args.load_events) if "replay" in chosen else None
     if args.json:
         print(json.dumps({"http": json.loads(bench.to_json(figures)),
-                          "loader": dataclasses.asdict(loader) if loader else None}, indent=2))
+                          "loader": dataclasses.asdict(loader) if loader else None, "replay": replayed}, indent=2))
         return 0
     if figures:
         bench.print_table(figures)
@@ -124,6 +202,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"warehouse loader: {loader.events:,} events merged into DuckDB in {loader.seconds} s = "
               f"{loader.events_per_s:,.0f} events/s (batches of {loader.batch:,}; "
               f"{loader.rows_in_events:,} rows in events)")
+    if replayed:
+        print(f"replay: {replayed['records']:,} archived records from {replayed['objects']} gzip objects into the "
+              f"local stream in {replayed['seconds']:.2f} s = {replayed['records_per_second']:,.0f} records/s")
     return 0
 
 

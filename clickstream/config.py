@@ -42,6 +42,8 @@ DEFAULTS: dict[str, Any] = {
     "clickstreamSchema": "clickstream",
     "clickstreamMaterializedView": "clickstream_stream",
     "refreshSchedule": "rate(5 minutes)",
+    "replayMaxConcurrency": 10,
+    "replayToleratedFailurePercentage": 0,
 }
 
 
@@ -76,6 +78,8 @@ class Settings:
     clickstream_schema: str
     clickstream_materialized_view: str
     refresh_schedule: str
+    replay_max_concurrency: int
+    replay_tolerated_failure_percentage: int
 
     @property
     def model_names(self) -> ModelNames:
@@ -174,6 +178,10 @@ def load_settings(get: Callable[[str], Any] | Mapping[str, Any]) -> Settings:
     if not re.match(r"^(rate|cron)\(.+\)$", v["refreshSchedule"]):
         errors.append("refreshSchedule: an EventBridge rate(...) or cron(...) expression, "
                       f"got {v['refreshSchedule']!r}")
+    if not 1 <= v["replayMaxConcurrency"] <= 1000:
+        errors.append(f"replayMaxConcurrency: must be 1-1000, got {v['replayMaxConcurrency']}")
+    if not 0 <= v["replayToleratedFailurePercentage"] <= 100:
+        errors.append(f"replayToleratedFailurePercentage: must be 0-100, got {v['replayToleratedFailurePercentage']}")
     names = ModelNames(schema=v["clickstreamSchema"], mv=v["clickstreamMaterializedView"],
                        kinesis_schema=v["kinesisSchema"], stream_name=v["streamName"])
     key_of = {"schema": "clickstreamSchema", "mv": "clickstreamMaterializedView", "kinesis_schema": "kinesisSchema",

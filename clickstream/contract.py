@@ -238,6 +238,14 @@ ENVELOPE_FIELDS: dict[str, str] = {
 PARTITION_KEY_FORMAT = "{requestId}:{index}"
 
 
+@dataclass(frozen=True)
+class Record:
+    """One stream record, as Kinesis holds it: partition key and data (an envelope line)."""
+
+    partition_key: str
+    data: bytes
+
+
 def route_of(path: str) -> str | None:
     """The route segment of a tracking path (``/v1/t`` -> ``t``), or None if it is not one."""
     if not path.startswith(API_PREFIX + "/"):

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from clickstream import contract
+from clickstream.contract import Record
 
 
 class IngestError(Exception):
@@ -32,14 +33,6 @@ class IngestError(Exception):
 
     def body(self) -> bytes:
         return orjson.dumps(contract.error_body(self.code, self.detail))
-
-
-@dataclass(frozen=True)
-class Record:
-    """One stream record, as Kinesis would hold it."""
-
-    partition_key: str
-    data: bytes
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from clickstream.ingest import Record
+from clickstream.contract import Record
 
 STREAM_FILE = "stream.sqlite3"
 

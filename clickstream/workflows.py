@@ -17,6 +17,7 @@ from clickstream.sqlmodel import ModelNames, redshift_statements
 
 STATEMACHINES_DIR = Path(__file__).resolve().parent.parent / "statemachines"
 RUN_STATEMENTS = "run-statements.asl.json"
+REPLAY = "replay.asl.json"
 DEFAULT_POLL_SECONDS = 5
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 
@@ -66,6 +67,15 @@ def render(phase: str, names: ModelNames, connection: dict[str, str],
     return _fill(asl, values)
 
 
+def render_replay(plan_function_arn: str, replay_function_arn: str, max_concurrency: int,
+                  tolerated_failure_percentage: int) -> dict[str, Any]:
+    """The replay state machine: plan the hours of the range, then a Distributed Map over them."""
+    asl = json.loads((STATEMACHINES_DIR / REPLAY).read_text())
+    return _fill(asl, {"PlanFunctionArn": plan_function_arn, "ReplayFunctionArn": replay_function_arn,
+                       "MaxConcurrency": max_concurrency,
+                       "ToleratedFailurePercentage": tolerated_failure_percentage})
+
+
 def state_names(asl: dict[str, Any]) -> list[str]:
     return list(asl["States"])
 
@@ -85,7 +95,7 @@ def dangling_transitions(asl: dict[str, Any]) -> list[str]:
             for target in filter(None, targets):
                 if target not in states:
                     problems.append(f"{where}/{name}: {target} is not a state")
-            for key in ("Iterator", "ItemProcessor"):
+            for key in ("Iterator", "ItemProcessor"):  # inline and distributed Map bodies
                 if key in state:
                     check(state[key], f"{where}/{name}")
             for i, branch in enumerate(state.get("Branches", [])):

@@ -214,7 +214,8 @@ class WarehouseStack(cdk.Stack):
                             "Data API call names the workgroup explicitly",
             "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:redshift-serverless:<AWS::Region>:<AWS::AccountId>:"
             "namespace/*]": "the namespace of the configured workgroup is looked up at run time",
-            "AwsSolutions-L1": "the CDK provider framework picks its own Node.js runtime",
+            "AwsSolutions-L1": "the CDK provider framework picks its own Node.js runtime; ours use Python 3.13, "
+                               "the newest the Powertools layer is published for",
         }
         framework = ("the CDK custom-resource provider framework invokes the versions of its handler "
                      "functions (':*') and describes its own waiter executions")

@@ -12,7 +12,7 @@ import time
 import httpx
 
 from clickstream import archive
-from clickstream.ingest import Record
+from clickstream.contract import Record
 from clickstream.stream import LocalStream
 from tests.conftest import KEY
 

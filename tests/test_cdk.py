@@ -275,7 +275,7 @@ def test_synth_fails_with_the_config_message(tmp_path):
 def test_cfn_lint_is_clean(synthesized, tmp_path):
     assembly, _ = synthesized
     templates = sorted(Path(assembly.directory).glob("*.template.json"))
-    assert len(templates) == 3
+    assert len(templates) == 4
     # W3005: CDK's redundant DependsOn; W7001: the Firehose construct's unused CIDR mapping.
     cfn_lint = str(Path(sys.executable).with_name("cfn-lint"))
     out = subprocess.run([cfn_lint, "-i", "W3005", "W7001", "--", *map(str, templates)],
@@ -308,4 +308,25 @@ def test_cdk_cli_synthesizes_offline(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert {p.name for p in tmp_path.glob("*.template.json")} == {
-        "ClickstreamStorage.template.json", "ClickstreamIngest.template.json", "ClickstreamWarehouse.template.json"}
+        "ClickstreamStorage.template.json", "ClickstreamIngest.template.json", "ClickstreamWarehouse.template.json",
+        "ClickstreamReplay.template.json"}
+
+
+def test_replay_stack_fans_out_over_hours_with_a_distributed_map(synthesized):
+    assembly, templates = synthesized
+    t = templates["ClickstreamReplay"]
+    [machine] = t.find_resources("AWS::StepFunctions::StateMachine").values()
+    text = json.dumps(machine["Properties"]["DefinitionString"])
+    assert '\\"Mode\\": \\"DISTRIBUTED\\"' in text and '\\"MaxConcurrency\\": 10' in text
+    functions = {f["Properties"]["Handler"]: f["Properties"]
+                 for f in t.find_resources("AWS::Lambda::Function").values()}
+    assert {"handler.plan", "handler.replay_hour"} <= set(functions)
+    env = functions["handler.replay_hour"]["Environment"]["Variables"]
+    assert set(env) >= {"ARCHIVE_BUCKET", "STREAM_NAME", "POWERTOOLS_SERVICE_NAME"}
+    assert functions["handler.replay_hour"]["TracingConfig"] == {"Mode": "Active"}
+    policies = json.dumps(t.find_resources("AWS::IAM::Policy"))
+    assert "kinesis:PutRecords" in policies and "/events/*" in policies
+    assets = [p for p in Path(assembly.directory).glob("asset.*") if "replay_hour" in
+              ((p / "handler.py").read_text() if (p / "handler.py").exists() else "")]
+    assert assets and all((p / "clickstream" / "replay.py").exists() and (p / "clickstream" / "archive.py").exists()
+                          for p in assets)

@@ -8,7 +8,7 @@ import json
 import httpx
 from segment.analytics import Client
 
-from clickstream.ingest import Record
+from clickstream.contract import Record
 from clickstream.stream import LocalStream
 from clickstream.warehouse import Warehouse
 from tests.conftest import KEY

@@ -63,7 +63,8 @@ SELECT
 FROM (
     SELECT
         i.*,
-        ROW_NUMBER() OVER (PARTITION BY i.user_id ORDER BY i."timestamp" DESC, i.received_at DESC) AS rn
+        -- message id breaks ties deterministically, so replays and fresh loads agree
+        ROW_NUMBER() OVER (PARTITION BY i.user_id ORDER BY i."timestamp" DESC, i.received_at DESC, i.id DESC) AS rn
     FROM ${schema}.segment_events AS i
     WHERE i.type = 'identify' AND i.user_id IS NOT NULL AND i.traits LIKE '{%'
 ) AS latest

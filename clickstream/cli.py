@@ -85,6 +85,26 @@ def build_parser() -> argparse.ArgumentParser:
     records.add_argument("--after", type=int, default=0, help="start after this sequence number")
     records.add_argument("--limit", type=int, default=None, help="print at most N records")
     records.set_defaults(func=_cmd_records)
+    simulate = sub.add_parser(
+        "simulate",
+        help="send realistic traffic with the official Segment Python SDK",
+        description="Simulate users: sessions with stable anonymous ids, page views with real-looking context, "
+        "sign-up -> identify -> alias, purchase funnels, groups and mobile screens, sent with "
+        "segment-analytics-python (batched, gzip). Prints a summary at the end.",
+    )
+    simulate.add_argument("--host", default=os.environ.get("CLICKSTREAM_HOST", "http://127.0.0.1:8080"),
+                          help="the tracking API (env CLICKSTREAM_HOST; default http://127.0.0.1:8080)")
+    simulate.add_argument("--write-key", "--writeKey", dest="write_key",
+                          default=os.environ.get("CLICKSTREAM_WRITE_KEY", contract.DEV_WRITE_KEY),
+                          help=f"write key (env CLICKSTREAM_WRITE_KEY; default {contract.DEV_WRITE_KEY})")
+    simulate.add_argument("--users", type=int, default=50, help="simulated people (default 50)")
+    amount = simulate.add_mutually_exclusive_group()
+    amount.add_argument("--events", type=int, help="stop after this many events (default 1000)")
+    amount.add_argument("--duration", type=float, help="stop after this many seconds")
+    simulate.add_argument("--rate", type=float, help="at most this many events per second")
+    simulate.add_argument("--seed", type=int, help="random seed: the same seed sends the same events")
+    simulate.set_defaults(func=_cmd_simulate)
+
     replay = sub.add_parser(
         "replay",
         help="put archived events for a time range back on a stream (local or Kinesis)",
@@ -110,6 +130,27 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true", help="print the summary as JSON")
     replay.set_defaults(func=_cmd_replay)
 
+    cost = sub.add_parser(
+        "cost",
+        help="estimate the monthly AWS cost of the deployed pipeline",
+        description="Monthly and per-million-event cost of the deployed design (API Gateway, Kinesis, Firehose, "
+        "S3, Step Functions, Redshift Serverless, access logs) from the price table in clickstream/prices.json. "
+        "See docs/cost.md for the model.",
+    )
+    cost.add_argument("--events-per-day", type=float, required=True, help="events per day")
+    cost.add_argument("--batch-size", type=float, default=20.0,
+                      help="events per HTTP request, averaged over browsers (1) and servers (default 20)")
+    cost.add_argument("--avg-event-bytes", type=int, default=600, help="average message size (default 600)")
+    cost.add_argument("--stream-mode", choices=["on-demand", "provisioned"], default="on-demand")
+    cost.add_argument("--shards", type=int, default=2, help="shards in provisioned mode (default 2)")
+    cost.add_argument("--refresh-minutes", type=float, default=5.0, help="warehouse refresh interval (default 5)")
+    cost.add_argument("--refresh-busy-seconds", type=float, default=30.0,
+                      help="Redshift compute per refresh (default 30; billed at least 60)")
+    cost.add_argument("--rpu", type=int, default=8, help="Redshift Serverless base capacity (default 8)")
+    cost.add_argument("--archive-months", type=float, default=12.0, help="months of archive kept (default 12)")
+    cost.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    cost.set_defaults(func=_cmd_cost)
+
     bench = sub.add_parser(
         "bench",
         help="measure the local tracking API (events/s, requests/s, latency) against a bare server",
@@ -128,6 +169,44 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print figures as JSON")
     bench.set_defaults(func=_cmd_bench)
     return parser
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from clickstream.simulate import run_simulation
+
+    events = args.events if args.events is not None or args.duration is not None else 1000
+    summary = run_simulation(args.host, args.write_key, users=args.users, events=events, duration=args.duration,
+                             rate=args.rate, seed=args.seed, progress=sys.stderr.isatty())
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(summary.by_type.items()))
+    print(f"sent {summary.events:,} events in {summary.seconds:.1f} s ({summary.events / summary.seconds:,.0f}/s): "
+          f"{kinds}; {summary.errors} failed")
+    return 1 if summary.errors else 0
+
+
+def _cmd_cost(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from clickstream import cost as model
+
+    usage = model.Usage(events_per_day=args.events_per_day, batch_size=args.batch_size,
+                        avg_event_bytes=args.avg_event_bytes, stream_mode=args.stream_mode, shards=args.shards,
+                        refresh_minutes=args.refresh_minutes, refresh_busy_seconds=args.refresh_busy_seconds,
+                        rpu=args.rpu, archive_months=args.archive_months)
+    estimate = model.estimate(usage)
+    table = model.prices()
+    if args.json:
+        print(json.dumps({"usage": dataclasses.asdict(usage), "monthly": dataclasses.asdict(estimate),
+                          "total": round(estimate.total, 2), "per_million_events": round(
+                              model.per_million(usage, estimate), 4),
+                          "prices_as_of": table["as_of"], "region": table["region"]}, indent=2))
+        return 0
+    print(f"Monthly cost, {table['region']} list prices as of {table['as_of']} (clickstream/prices.json):")
+    for name, value in dataclasses.asdict(estimate).items():
+        print(f"  {name.replace('_', ' '):<22} ${value:>12,.2f}")
+    print(f"  {'total':<22} ${estimate.total:>12,.2f}")
+    print(f"  {'per million events':<22} ${model.per_million(usage, estimate):>12,.4f}")
+    return 0
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:

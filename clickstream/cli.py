@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="oldest buffered record age that triggers an archive write (default 300, like Firehose)")
     local.add_argument("--load-interval", type=float, default=0.5,
                        help="seconds between warehouse loads (default 0.5)")
+    local.add_argument("--max-backlog", type=int, default=1_000_000,
+                       help="answer 429 (Retry-After) while more records than this wait for the warehouse "
+                       "loader (default 1000000)")
+    local.add_argument("--min-free-mb", type=int, default=256,
+                       help="answer 503 while the data dir's disk has less free space (default 256)")
     local.set_defaults(func=_cmd_local)
 
     query = sub.add_parser(
@@ -151,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--json", action="store_true", help="print the estimate as JSON")
     cost.set_defaults(func=_cmd_cost)
 
+    openapi = sub.add_parser(
+        "openapi", help="print the tracking API's OpenAPI document (docs/openapi.json)",
+        description="Print the OpenAPI 3.0 document of the tracking API, generated from the contract. "
+        "clickstream local also serves it at /openapi.json.")
+    openapi.add_argument("--server", default="http://127.0.0.1:8080", help="server URL to put in the document")
+    openapi.set_defaults(func=_cmd_openapi)
+
     bench = sub.add_parser(
         "bench",
         help="measure the local tracking API (events/s, requests/s, latency) against a bare server",
@@ -181,6 +193,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     print(f"sent {summary.events:,} events in {summary.seconds:.1f} s ({summary.events / summary.seconds:,.0f}/s): "
           f"{kinds}; {summary.errors} failed")
     return 1 if summary.errors else 0
+
+
+def _cmd_openapi(args: argparse.Namespace) -> int:
+    import json
+
+    from clickstream.openapi import document
+
+    print(json.dumps(document(args.server), indent=2))
+    return 0
 
 
 def _cmd_cost(args: argparse.Namespace) -> int:
@@ -298,6 +319,7 @@ def _write_keys(specs: Sequence[str] | None) -> dict[str, str]:
 
 def _cmd_local(args: argparse.Namespace) -> int:
     from clickstream.local import run_local
+    from clickstream.stream import Limits
 
     try:
         keys = _write_keys(args.write_keys)
@@ -308,6 +330,7 @@ def _cmd_local(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, data_dir=args.data_dir, write_keys=keys, origins=args.origins or ["*"],
         archive_buffer_bytes=int(args.archive_buffer_mb * 1024 * 1024),
         archive_buffer_seconds=args.archive_buffer_seconds, load_interval=args.load_interval,
+        limits=Limits(max_backlog=args.max_backlog, min_free_bytes=args.min_free_mb * 2**20),
     )
 
 

@@ -17,7 +17,7 @@ import orjson
 
 from clickstream import contract
 from clickstream.ingest import BodyReader, IngestError, RequestInfo, build_records, media_type_ok
-from clickstream.stream import GroupCommitWriter, StreamFull, now_ms
+from clickstream.stream import DiskFull, GroupCommitWriter, StreamFull, now_ms
 
 log = logging.getLogger("clickstream.collector")
 
@@ -27,6 +27,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _SUCCESS = contract.SUCCESS_BODY.encode()
 ADMIN_QUERY_PATH = "/_clickstream/query"
+OPENAPI_PATH = "/openapi.json"
 ADMIN_TOKEN_HEADER = "x-clickstream-token"
 _SETTINGS_PREFIX = contract.API_PREFIX + "/projects/"
 _SETTINGS_SUFFIX = "/settings"
@@ -63,6 +64,7 @@ class Collector:
         self.admin_token = admin_token
         self.requests = 0
         self.events = 0
+        self.refused: dict[str, int] = {}
 
     # -- ASGI ---------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -77,6 +79,8 @@ class Collector:
             status, body, extra = await self._handle(scope, headers, receive)
         except IngestError as exc:
             status, body, extra = exc.status, exc.body(), self._retry_after(exc.status)
+            extra += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+            self.refused[exc.code] = self.refused.get(exc.code, 0) + 1
         except Exception:  # never let a bug become a hung connection or a silent 200
             log.exception("unexpected error")
             err = IngestError("internal_error")
@@ -115,15 +119,19 @@ class Collector:
             return 204, b"", []
         if path == ADMIN_QUERY_PATH:
             return await self._admin_query(scope, headers, receive)
+        if path == OPENAPI_PATH and method in ("GET", "HEAD"):
+            from clickstream.openapi import document
+
+            return 200, orjson.dumps(document(f"http://{self.api_host.removesuffix(contract.API_PREFIX)}")), []
         if path.startswith(_SETTINGS_PREFIX) and path.endswith(_SETTINGS_SUFFIX):
             if method not in ("GET", "HEAD"):
-                raise IngestError("method_not_allowed")
+                raise IngestError("method_not_allowed", headers={"Allow": "GET, HEAD, OPTIONS"})
             return self._settings(path[len(_SETTINGS_PREFIX) : -len(_SETTINGS_SUFFIX)])
         route = contract.route_of(path)
         if route is None:
             raise IngestError("not_found", f"no route {path}")
         if method != "POST":
-            raise IngestError("method_not_allowed", f"{path} takes POST")
+            raise IngestError("method_not_allowed", f"{path} takes POST", headers={"Allow": "POST, OPTIONS"})
         if not media_type_ok(headers.get("content-type")):
             raise IngestError("unsupported_media_type")
         body = await self._read_body(headers, receive)
@@ -142,6 +150,8 @@ class Collector:
             await self.writer.submit(records)
         except StreamFull as exc:
             raise IngestError("throttled", f"the local stream is behind ({exc}); retry later") from exc
+        except DiskFull as exc:
+            raise IngestError("unavailable", f"events cannot be stored ({exc}); retry later") from exc
         except IngestError:
             raise
         except Exception as exc:

@@ -21,10 +21,11 @@ from clickstream.contract import Record
 class IngestError(Exception):
     """A request the API refuses; ``code`` is a key of ``contract.ERRORS``."""
 
-    def __init__(self, code: str, message: str | None = None) -> None:
+    def __init__(self, code: str, message: str | None = None, headers: dict[str, str] | None = None) -> None:
         self.error = contract.ERRORS[code]
         self.code = code
         self.detail = message or self.error.message
+        self.headers = headers or {}
         super().__init__(f"{code}: {self.detail}")
 
     @property

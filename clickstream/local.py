@@ -16,7 +16,7 @@ from clickstream import contract
 from clickstream.archive import DEFAULT_BUFFER_BYTES, DEFAULT_BUFFER_SECONDS, Archiver
 from clickstream.collector import ADMIN_QUERY_PATH, Collector
 from clickstream.query import LOCAL_STATE_FILE, write_state
-from clickstream.stream import GroupCommitWriter
+from clickstream.stream import GroupCommitWriter, Limits
 from clickstream.warehouse import Loader, Warehouse
 
 
@@ -76,10 +76,11 @@ def build_pipeline(
     archive_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
     archive_buffer_seconds: float = DEFAULT_BUFFER_SECONDS,
     load_interval: float = 0.5,
+    limits: Limits | None = None,
 ) -> LocalPipeline:
     """Collector + durable stream, archiver and warehouse loader, started and stopped together."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    writer = GroupCommitWriter(data_dir)
+    writer = GroupCommitWriter(data_dir, limits)
     warehouse = Warehouse.in_dir(data_dir)
     loader = Loader(warehouse, data_dir, interval=load_interval)
     archiver = Archiver(data_dir, buffer_bytes=archive_buffer_bytes, buffer_seconds=archive_buffer_seconds)

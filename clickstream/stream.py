@@ -132,19 +132,38 @@ def append(conn: sqlite3.Connection, records: Sequence[Record], arrival_ms: int 
 
 
 class StreamFull(Exception):
-    """The writer has more records waiting than it is allowed to hold: answer 429."""
+    """Too much is waiting (write queue or unconsumed backlog): answer 429 so clients back off."""
+
+
+class DiskFull(Exception):
+    """Free disk space is below the floor: answer 503 rather than fail a write halfway."""
+
+
+@dataclass
+class Limits:
+    """Backpressure settings for the local stream."""
+
+    max_pending_records: int = 200_000  # queued for the writer, not yet committed
+    max_backlog: int | None = 1_000_000  # committed but not yet read by ``consumer``
+    consumer: str = "warehouse"
+    min_free_bytes: int = 256 * 1024 * 1024
+    check_seconds: float = 0.25
 
 
 class GroupCommitWriter:
     """Appends records from asyncio code; the awaitable resolves once they are committed to disk."""
 
-    def __init__(self, data_dir: Path | str, max_pending_records: int = 200_000) -> None:
+    def __init__(self, data_dir: Path | str, limits: Limits | None = None) -> None:
         self.path = Path(data_dir) / STREAM_FILE
-        self.max_pending_records = max_pending_records
+        self.limits = limits or Limits()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._pending = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._watch: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.backlog = 0
+        self.free_bytes: int | None = None
         self.commits = 0
         self.records_written = 0
 
@@ -152,13 +171,45 @@ class GroupCommitWriter:
         conn = connect(self.path)  # created here so schema errors surface before serving
         self._thread = threading.Thread(target=self._run, args=(conn,), name="stream-writer", daemon=True)
         self._thread.start()
+        self._stopping.clear()
+        self._watch = threading.Thread(target=self._watch_limits, name="stream-limits", daemon=True)
+        self._watch.start()
 
     def stop(self) -> None:
-        """Commit everything queued, then stop the thread."""
+        """Commit everything queued, then stop the threads."""
+        self._stopping.set()
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+        if self._watch is not None:
+            self._watch.join(timeout=5)
+            self._watch = None
+
+    def _watch_limits(self) -> None:
+        """Keep ``backlog`` and ``free_bytes`` fresh without touching the request path."""
+        import shutil
+
+        stream = LocalStream(self.path.parent)
+        try:
+            while not self._stopping.is_set():
+                row = stream._conn.execute("SELECT seq FROM checkpoints WHERE consumer = ?",
+                                           (self.limits.consumer,)).fetchone()
+                # Only a consumer that exists can fall behind; without one there is no backlog to bound.
+                self.backlog = stream.last_seq() - row[0] if row else 0
+                self.free_bytes = shutil.disk_usage(self.path.parent).free
+                self._stopping.wait(self.limits.check_seconds)
+        finally:
+            stream.close()
+
+    def check(self, incoming: int) -> None:
+        """Raise if accepting ``incoming`` more records would break a limit."""
+        if self.free_bytes is not None and self.free_bytes < self.limits.min_free_bytes:
+            raise DiskFull(f"only {self.free_bytes // 2**20} MiB free on the stream's disk")
+        if self.limits.max_backlog is not None and self.backlog > self.limits.max_backlog:
+            raise StreamFull(f"{self.backlog} records are waiting for the {self.limits.consumer} consumer")
+        if self._pending + incoming > self.limits.max_pending_records:
+            raise StreamFull(f"{self._pending} records are waiting to be written")
 
     @property
     def pending(self) -> int:
@@ -168,8 +219,7 @@ class GroupCommitWriter:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self._lock:
-            if self._pending + len(records) > self.max_pending_records:
-                raise StreamFull(f"{self._pending} records are waiting to be written")
+            self.check(len(records))
             self._pending += len(records)
         self._queue.put((records, future, loop))
         return future

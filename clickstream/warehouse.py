@@ -159,6 +159,8 @@ class Loader:
     def start(self) -> None:
         def loop() -> None:
             stream = LocalStream(self.data_dir)
+            # Register as a consumer at once, so the collector's backlog limit sees us from the start.
+            stream.set_checkpoint(LOADER_CONSUMER, self.warehouse.last_loaded_seq())
             try:
                 while True:
                     try:

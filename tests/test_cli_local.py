@@ -20,6 +20,7 @@ CLI = [sys.executable, "-m", "clickstream.cli"]
 
 
 def start(data_dir, port, *extra):
+    (data_dir / "local.json").unlink(missing_ok=True)  # a killed server leaves its own behind
     proc = subprocess.Popen([*CLI, "local", "--port", str(port), "--data-dir", str(data_dir),
                              "--write-key", "cli-test-key=cli", "--load-interval", "0.1", *extra],
                             stdout=open(data_dir / "stdout.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115

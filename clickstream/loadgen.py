@@ -8,6 +8,7 @@ bare server in the same run so the reader can tell whether the generator was the
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,12 +58,22 @@ async def _worker(
     result: LoadResult, rate_delay: float,
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
+    scheduled = time.perf_counter() + random.uniform(0, rate_delay)  # spread the connections' phases
     try:
         while time.perf_counter() < deadline and limit[0] != 0:
             if limit[0] > 0:
                 limit[0] -= 1
             payload = make_request()
-            start = time.perf_counter()
+            if rate_delay:
+                # Open-loop pacing: requests are due on a fixed schedule, and latency counts from when a
+                # request was due, so a slow answer is not hidden by sending the next one late.
+                wait = scheduled - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                start = scheduled
+                scheduled += rate_delay
+            else:
+                start = time.perf_counter()
             writer.write(payload)
             status = await _read_response(reader)
             result.latencies_ms.append((time.perf_counter() - start) * 1000)
@@ -72,8 +83,6 @@ async def _worker(
                 result.ok += 1
             else:
                 result.errors += 1
-            if rate_delay:
-                await asyncio.sleep(rate_delay)
     finally:
         writer.close()
 
@@ -84,7 +93,8 @@ async def run_load(
 ) -> LoadResult:
     """Drive ``connections`` keep-alive connections for ``seconds`` (or ``max_requests`` in total).
 
-    ``rate`` (requests/s over all connections) makes it an open-ish load for latency at a given level.
+    ``rate`` (requests/s over all connections) paces each connection on a fixed schedule (open loop),
+    for latency at a given load level.
     """
     result = LoadResult()
     limit = [max_requests]

@@ -60,7 +60,7 @@ def utc_from_ms(ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
+def write_durably(path: Path, data: bytes) -> None:
     """Write atomically and durably: temp file, fsync, rename, fsync the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -148,7 +148,7 @@ class Archiver:
     def _put(self, prefix: str, oldest_ms: int, body: bytes) -> None:
         key = object_key(prefix, self.stream_name, utc_from_ms(oldest_ms))
         compressed = gzip.compress(body, mtime=0)
-        _fsync_write(self.root / key, compressed)
+        write_durably(self.root / key, compressed)
         self.stats.objects += 1
         self.stats.bytes_written += len(compressed)
 

@@ -16,9 +16,10 @@ from typing import Any
 from clickstream import contract
 from clickstream.sqlmodel import ModelNames
 
+_MODEL = ModelNames()  # the SQL model's default names are the configuration's defaults
 DEFAULTS: dict[str, Any] = {
     "writeKeys": {},
-    "streamName": "clickstream-events",
+    "streamName": _MODEL.stream_name,
     "streamMode": "ON_DEMAND",
     "shardCount": 2,
     "retentionHours": 24,
@@ -38,9 +39,9 @@ DEFAULTS: dict[str, Any] = {
     "redshiftSecretArn": "",
     "redshiftDbUser": "",
     "createServerless": False,
-    "kinesisSchema": "kinesis",
-    "clickstreamSchema": "clickstream",
-    "clickstreamMaterializedView": "clickstream_stream",
+    "kinesisSchema": _MODEL.kinesis_schema,
+    "clickstreamSchema": _MODEL.schema,
+    "clickstreamMaterializedView": _MODEL.mv,
     "refreshSchedule": "rate(5 minutes)",
     "replayMaxConcurrency": 10,
     "replayToleratedFailurePercentage": 0,

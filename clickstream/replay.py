@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import random
 import time
 import zlib
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from clickstream import contract
-from clickstream.archive import ARCHIVE_PREFIX, hour_prefix, hours_between, iter_records
+from clickstream.archive import ARCHIVE_PREFIX, hour_prefix, hours_between, iter_records, write_durably
 from clickstream.contract import Record
 
 # Kinesis PutRecords: at most 500 records and 5 MiB per call (the conservative, pre-2025 limits).
@@ -164,11 +163,9 @@ class Checkpoint:
         return cls(path)
 
     def save(self) -> None:
-        if self.path is None:
-            return
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"done": self.done, "current": self.current, "lines": self.lines}))
-        os.replace(tmp, self.path)
+        if self.path is not None:
+            state = {"done": self.done, "current": self.current, "lines": self.lines}
+            write_durably(self.path, json.dumps(state).encode())
 
 
 def replay_object(archive: Any, key: str, target: Target | None, start: dt.datetime, end: dt.datetime, *,

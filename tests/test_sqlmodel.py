@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import sqlglot
 from sqlglot import exp
@@ -85,3 +87,15 @@ def test_redshift_only_statements_are_not_sent_to_duckdb():
 def test_split_statements_ignores_comment_only_parts():
     assert split_statements("-- a\nSELECT 1;\n-- only a comment;\nSELECT 2;\n") == ["-- a\nSELECT 1;",
                                                                                       "SELECT 2;"]
+
+
+def test_sql_lists_agree_with_the_contract():
+    """The model repeats two contract facts as SQL literals; this keeps them equal."""
+    from clickstream import contract
+
+    pending = next(s.sql for s in redshift_statements("setup", NAMES) if "050_pending_view" in s.name)
+    types = re.search(r"n\.type NOT IN \(([^)]*)\)", pending).group(1)
+    assert [t.strip(" '") for t in types.split(",")] == list(contract.MESSAGE_TYPES)
+    routes = re.search(r"o\.route IN \(([^)]*)\)", pending).group(1)
+    short = [r for r in contract.SINGLE_ROUTES if len(r) == 1] + [r for r in contract.BATCH_ROUTES if len(r) == 1]
+    assert sorted(r.strip(" '") for r in routes.split(",")) == sorted(short)

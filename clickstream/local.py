@@ -24,6 +24,8 @@ def banner(host: str, port: int, write_keys: Mapping[str, str], data_dir: Path) 
     """How to send events to this pipeline: printed at start so a newcomer can copy and paste."""
     key = next(iter(write_keys))
     endpoint = f"http://{host}:{port}"
+    invoked = Path(sys.argv[0]) if sys.argv and Path(sys.argv[0]).name == "clickstream" else None
+    prog = shlex.quote(str(invoked)) if invoked else "clickstream"  # e.g. .venv/bin/clickstream
     body = '{"userId":"user-1","event":"Signed Up","properties":{"plan":"pro"}}'
     curl = (
         f"curl -sS -u {shlex.quote(key + ':')} -H 'Content-Type: application/json' "
@@ -47,9 +49,9 @@ def banner(host: str, port: int, write_keys: Mapping[str, str], data_dir: Path) 
             "  analytics.flush()",
             "",
             "Query the warehouse (Segment-style tables, queryable within a second or two):",
-            f"  clickstream query --data-dir {shlex.quote(str(data_dir))} "
+            f"  {prog} query --data-dir {shlex.quote(str(data_dir))} "
             "'SELECT event, user_id, timestamp FROM clickstream.tracks ORDER BY timestamp DESC LIMIT 10'",
-            f"Raw stream records:  clickstream records --data-dir {shlex.quote(str(data_dir))}",
+            f"Raw stream records:  {prog} records --data-dir {shlex.quote(str(data_dir))}",
             f"Archive (Firehose layout): {data_dir / 'archive'}",
             "Stop with Ctrl-C.",
         ]

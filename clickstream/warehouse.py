@@ -90,24 +90,28 @@ class Warehouse:
         if not records:
             return
         texts: list[str | None] = []
+        raw: list[bytes | None] = []  # bytes only where they are not UTF-8 text (rare)
         for r in records:
             try:
                 texts.append(r.data.decode("utf-8"))
+                raw.append(None)
             except UnicodeDecodeError:
                 texts.append(None)
+                raw.append(r.data)
         refresh = self._refresh_time()
         self.conn.execute("BEGIN")
         try:
             self.conn.execute(
                 f"""
                 INSERT INTO {self.table}
-                SELECT make_timestamp(a * 1000), pk, 'local', seq, ?::TIMESTAMP, p, CASE WHEN p IS NULL THEN r END
-                FROM (SELECT a, pk, seq, TRY_CAST(t AS JSON) AS p, r
+                SELECT make_timestamp(a * 1000), pk, 'local', seq, ?::TIMESTAMP, p,
+                       CASE WHEN p IS NULL THEN COALESCE(r, encode(t)) END
+                FROM (SELECT a, pk, seq, TRY_CAST(t AS JSON) AS p, t, r
                       FROM (SELECT UNNEST(?) AS a, UNNEST(?) AS pk, UNNEST(?) AS seq, UNNEST(?::VARCHAR[]) AS t,
                                    UNNEST(?::BLOB[]) AS r))
                 """,
                 [refresh, [r.arrival_ms for r in records], [r.partition_key for r in records],
-                 [str(r.seq).zfill(SEQ_WIDTH) for r in records], texts, [r.data for r in records]],
+                 [str(r.seq).zfill(SEQ_WIDTH) for r in records], texts, raw],
             )
             self.conn.execute("COMMIT")
         except Exception:

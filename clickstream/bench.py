@@ -104,13 +104,20 @@ class ServerProcess:
                 time.sleep(0.05)
 
     def peak_rss_mb(self) -> float:
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return 0.0
+        """Peak resident memory of the server and its children (the warehouse loader process)."""
+        total = 0.0
+        pending = [self.proc.pid]
+        while pending:
+            pid = pending.pop()
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1]) / 1024
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    pending += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+        return total
 
     def stop(self) -> None:
         self.proc.terminate()

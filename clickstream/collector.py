@@ -190,12 +190,15 @@ class Collector:
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise IngestError("invalid_request", 'admin query body must be {"sql": "..."}') from exc
         from clickstream.query import QueryError, check_read_only
+        from clickstream.warehouse import QueryFailed
 
         try:
             check_read_only(sql)
             columns, rows = await asyncio.to_thread(self.query, sql)
         except QueryError as exc:
             raise IngestError("invalid_request", str(exc)) from exc
+        except QueryFailed as exc:
+            raise IngestError("invalid_request", f"query failed: {exc}") from exc
         except Exception as exc:  # a SQL error is the caller's to read, not a server failure
             raise IngestError("invalid_request", f"query failed: {exc}") from exc
         return 200, orjson.dumps({"columns": columns, "rows": rows}, default=str), []

@@ -17,7 +17,7 @@ from clickstream.archive import DEFAULT_BUFFER_BYTES, DEFAULT_BUFFER_SECONDS, Ar
 from clickstream.collector import ADMIN_QUERY_PATH, Collector
 from clickstream.query import LOCAL_STATE_FILE, write_state
 from clickstream.stream import GroupCommitWriter, Limits
-from clickstream.warehouse import Loader, Warehouse
+from clickstream.warehouse import LoaderProcess
 
 
 def banner(host: str, port: int, write_keys: Mapping[str, str], data_dir: Path) -> str:
@@ -63,8 +63,7 @@ class LocalPipeline:
     """Everything ``clickstream local`` runs, wired together; ``app`` is the ASGI entry point."""
 
     app: Collector
-    warehouse: Warehouse
-    loader: Loader
+    warehouse: LoaderProcess  # the warehouse and its loader, in a child process
     archiver: Archiver
 
 
@@ -83,8 +82,7 @@ def build_pipeline(
     """Collector + durable stream, archiver and warehouse loader, started and stopped together."""
     data_dir.mkdir(parents=True, exist_ok=True)
     writer = GroupCommitWriter(data_dir, limits)
-    warehouse = Warehouse.in_dir(data_dir)
-    loader = Loader(warehouse, data_dir, interval=load_interval)
+    warehouse = LoaderProcess(data_dir, interval=load_interval)
     archiver = Archiver(data_dir, buffer_bytes=archive_buffer_bytes, buffer_seconds=archive_buffer_seconds)
     token = secrets.token_urlsafe(24)
     admin_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
@@ -92,19 +90,18 @@ def build_pipeline(
 
     def startup() -> None:
         archiver.start()
-        loader.start()
+        warehouse.start()
         write_state(data_dir, f"http://{admin_host}:{port}{ADMIN_QUERY_PATH}", token)
 
     def shutdown() -> None:
         # The writer has committed everything queued; archive and load what is left, then close.
         state_path.unlink(missing_ok=True)
         archiver.stop()
-        loader.stop()
-        warehouse.close()
+        warehouse.stop()
 
     app = Collector(write_keys, writer, api_host=f"{host}:{port}{contract.API_PREFIX}", allowed_origins=origins,
                     on_startup=[startup], on_shutdown=[shutdown], query=warehouse.query, admin_token=token)
-    return LocalPipeline(app, warehouse, loader, archiver)
+    return LocalPipeline(app, warehouse, archiver)
 
 
 def run_local(*, host: str, port: int, data_dir: Path, write_keys: Mapping[str, str], **options) -> int:

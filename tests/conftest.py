@@ -18,6 +18,11 @@ from clickstream.local import LocalPipeline, build_pipeline
 from clickstream.stream import GroupCommitWriter, LocalStream
 
 WRITE_KEYS = {"test-write-key": "web", "server-write-key": "backend"}
+# Everything in the stream loaded, and nothing loaded still waiting for the merge.
+CAUGHT_UP = (
+    "SELECT (SELECT MAX(CAST(sequence_number AS BIGINT)) FROM clickstream.clickstream_stream) AS loaded, "
+    "(SELECT COUNT(*) FROM clickstream.clickstream_stream s, clickstream.load_state w "
+    " WHERE w.name = 'events' AND s.refresh_time > w.watermark) AS unmerged")
 KEY = "test-write-key"
 
 
@@ -78,18 +83,20 @@ class LivePipeline(LiveCollector):
     pipeline: LocalPipeline | None = None
 
     def wait_loaded(self, timeout: float = 10.0) -> None:
-        """Until the warehouse has loaded everything in the stream."""
+        """Until the warehouse has loaded and merged everything in the stream."""
         stream = LocalStream(self.data_dir)
         try:
-            deadline = time.monotonic() + timeout
-            while self.pipeline.warehouse.last_loaded_seq() < stream.last_seq():
-                if time.monotonic() > deadline:
-                    raise TimeoutError("warehouse did not catch up")
-                time.sleep(0.05)
+            last = stream.last_seq()
         finally:
             stream.close()
-        with self.pipeline.loader.lock:  # the merge of the last load has finished
-            pass
+        deadline = time.monotonic() + timeout
+        while True:
+            row = self.query(CAUGHT_UP)[0]
+            if (row["loaded"] or 0) >= last and row["unmerged"] == 0:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError("warehouse did not catch up")
+            time.sleep(0.05)
 
     def query(self, sql: str) -> list[dict]:
         columns, rows = self.pipeline.warehouse.query(sql)

@@ -14,7 +14,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import CAUGHT_UP, free_port
 from tests.test_cli_local import query, start
 
 pytestmark = pytest.mark.slow
@@ -66,13 +66,9 @@ def test_repeated_kill_9_loses_and_duplicates_nothing(tmp_path):
         stream = LocalStream(tmp_path)
         last = stream.last_seq()
         stream.close()
-        caught_up = (  # everything loaded, and nothing loaded waits for the merge
-            "SELECT (SELECT MAX(CAST(sequence_number AS BIGINT)) FROM clickstream.clickstream_stream) AS loaded, "
-            "(SELECT COUNT(*) FROM clickstream.clickstream_stream s, clickstream.load_state w "
-            " WHERE w.name = 'events' AND s.refresh_time > w.watermark) AS unmerged")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            out = query(tmp_path, caught_up)
+            out = query(tmp_path, CAUGHT_UP)
             if out.returncode == 0:
                 row = json.loads(out.stdout)[0]
                 if (row["loaded"] or 0) >= last and row["unmerged"] == 0:

@@ -23,6 +23,10 @@ def _data_dir_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _json_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--json", action="store_true", help=f"print {what} as JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clickstream",
@@ -132,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--dry-run", action="store_true", help="count objects, records and bytes; put nothing")
     replay.add_argument("--checkpoint", type=Path,
                         help="progress file for resuming (default: replay-<range>.json in --data-dir)")
-    replay.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _json_option(replay, "the summary")
     replay.set_defaults(func=_cmd_replay)
 
     cost = sub.add_parser(
@@ -153,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Redshift compute per refresh (default 30; billed at least 60)")
     cost.add_argument("--rpu", type=int, default=8, help="Redshift Serverless base capacity (default 8)")
     cost.add_argument("--archive-months", type=float, default=12.0, help="months of archive kept (default 12)")
-    cost.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    _json_option(cost, "the estimate")
     cost.set_defaults(func=_cmd_cost)
 
     openapi = sub.add_parser(
@@ -178,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=float, default=10.0, help="length of each run (default 10)")
     bench.add_argument("--connections", type=int, default=32, help="concurrent keep-alive connections (default 32)")
     bench.add_argument("--batch-size", type=int, default=100, help="events per batch request (default 100)")
-    bench.add_argument("--json", action="store_true", help="print figures as JSON")
+    _json_option(bench, "the figures")
     bench.set_defaults(func=_cmd_bench)
     return parser
 

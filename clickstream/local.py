@@ -13,7 +13,7 @@ from pathlib import Path
 import uvicorn
 
 from clickstream import contract
-from clickstream.archive import DEFAULT_BUFFER_BYTES, DEFAULT_BUFFER_SECONDS, Archiver
+from clickstream.archive import DEFAULT_BUFFER_BYTES, DEFAULT_BUFFER_SECONDS
 from clickstream.collector import ADMIN_QUERY_PATH, Collector
 from clickstream.query import LOCAL_STATE_FILE, write_state
 from clickstream.stream import GroupCommitWriter, Limits
@@ -63,8 +63,7 @@ class LocalPipeline:
     """Everything ``clickstream local`` runs, wired together; ``app`` is the ASGI entry point."""
 
     app: Collector
-    warehouse: LoaderProcess  # the warehouse and its loader, in a child process
-    archiver: Archiver
+    warehouse: LoaderProcess  # the warehouse loader and the archiver, in a child process
 
 
 def build_pipeline(
@@ -82,26 +81,24 @@ def build_pipeline(
     """Collector + durable stream, archiver and warehouse loader, started and stopped together."""
     data_dir.mkdir(parents=True, exist_ok=True)
     writer = GroupCommitWriter(data_dir, limits)
-    warehouse = LoaderProcess(data_dir, interval=load_interval)
-    archiver = Archiver(data_dir, buffer_bytes=archive_buffer_bytes, buffer_seconds=archive_buffer_seconds)
+    warehouse = LoaderProcess(data_dir, interval=load_interval, archive={
+        "buffer_bytes": archive_buffer_bytes, "buffer_seconds": archive_buffer_seconds})
     token = secrets.token_urlsafe(24)
     admin_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     state_path = data_dir / LOCAL_STATE_FILE
 
     def startup() -> None:
-        archiver.start()
         warehouse.start()
         write_state(data_dir, f"http://{admin_host}:{port}{ADMIN_QUERY_PATH}", token)
 
     def shutdown() -> None:
         # The writer has committed everything queued; archive and load what is left, then close.
         state_path.unlink(missing_ok=True)
-        archiver.stop()
         warehouse.stop()
 
     app = Collector(write_keys, writer, api_host=f"{host}:{port}{contract.API_PREFIX}", allowed_origins=origins,
                     on_startup=[startup], on_shutdown=[shutdown], query=warehouse.query, admin_token=token)
-    return LocalPipeline(app, warehouse, archiver)
+    return LocalPipeline(app, warehouse)
 
 
 def run_local(*, host: str, port: int, data_dir: Path, write_keys: Mapping[str, str], **options) -> int:

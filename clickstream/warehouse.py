@@ -206,15 +206,16 @@ class QueryFailed(Exception):
 
 
 class LoaderProcess:
-    """The warehouse and its loader in a child process of ``clickstream local``.
+    """The stream's consumers (warehouse loader, archiver) in a child process of ``clickstream local``.
 
-    The merge is CPU-heavy; in its own process it no longer shares the collector's GIL, and it runs
-    at a lower priority (nice 10), so ingest latency stays low while the warehouse catches up.
+    Merging and archiving are CPU-heavy; in their own process they no longer share the collector's
+    GIL, and they run at a lower priority (nice 10), so ingest latency stays low while they catch up.
     Queries (``clickstream query`` through the collector) go to it over a pipe. The child exits
     when told to, and also when its parent dies (even by ``kill -9``), releasing the DuckDB file.
     """
 
-    def __init__(self, data_dir: Path | str, *, interval: float = 0.5, batch: int = 10_000) -> None:
+    def __init__(self, data_dir: Path | str, *, interval: float = 0.5, batch: int = 10_000,
+                 archive: dict[str, float] | None = None) -> None:
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
@@ -223,7 +224,8 @@ class LoaderProcess:
         self._ready = ctx.Event()
         self._lock = threading.Lock()
         self.process = ctx.Process(target=_loader_main, name="clickstream-loader", daemon=True,
-                                   args=(str(data_dir), interval, batch, child, self._stop, self._ready, os.getpid()))
+                                   args=(str(data_dir), interval, batch, archive, child, self._stop, self._ready,
+                                         os.getpid()))
 
     def start(self, timeout: float = 60.0) -> None:
         self.process.start()
@@ -250,7 +252,10 @@ class LoaderProcess:
         return int(rows[0][0]) if rows and rows[0][0] else 0
 
 
-def _loader_main(data_dir: str, interval: float, batch: int, conn, stop, ready, parent_pid: int) -> None:
+def _loader_main(data_dir: str, interval: float, batch: int, archive: dict[str, float] | None, conn, stop, ready,
+                 parent_pid: int) -> None:
+    from clickstream.archive import Archiver
+
     with contextlib.suppress(OSError):
         os.nice(10)
     deadline = time.monotonic() + 30
@@ -264,6 +269,11 @@ def _loader_main(data_dir: str, interval: float, batch: int, conn, stop, ready, 
             time.sleep(0.2)
     loader = Loader(warehouse, data_dir, interval=interval, batch=batch)
     loader.start()
+    archiver = None
+    if archive is not None:
+        archiver = Archiver(data_dir, buffer_bytes=int(archive["buffer_bytes"]),
+                            buffer_seconds=archive["buffer_seconds"])
+        archiver.start()
     ready.set()
     try:
         while not stop.is_set() and os.getppid() == parent_pid:
@@ -279,5 +289,7 @@ def _loader_main(data_dir: str, interval: float, batch: int, conn, stop, ready, 
             except Exception as exc:  # the caller shows DuckDB's message
                 conn.send((False, str(exc)))
     finally:
+        if archiver is not None:
+            archiver.stop()  # flushes its buffer, like Firehose on a final buffer
         loader.stop()
         warehouse.close()

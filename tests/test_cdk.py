@@ -330,3 +330,13 @@ def test_replay_stack_fans_out_over_hours_with_a_distributed_map(synthesized):
               ((p / "handler.py").read_text() if (p / "handler.py").exists() else "")]
     assert assets and all((p / "clickstream" / "replay.py").exists() and (p / "clickstream" / "archive.py").exists()
                           for p in assets)
+
+
+def test_deploy_order_storage_ingest_then_warehouse_and_replay(synthesized):
+    assembly, _ = synthesized
+    deps = {s.stack_name: sorted(d.id for d in s.dependencies if not d.id.endswith(".assets"))
+            for s in assembly.stacks}
+    assert deps["ClickstreamStorage"] == []
+    assert deps["ClickstreamIngest"] == ["ClickstreamStorage"]
+    assert deps["ClickstreamWarehouse"] == ["ClickstreamIngest", "ClickstreamStorage"]
+    assert deps["ClickstreamReplay"] == ["ClickstreamStorage"]

@@ -104,14 +104,15 @@ class Warehouse:
             self.conn.execute(
                 f"""
                 INSERT INTO {self.table}
-                SELECT make_timestamp(a * 1000), pk, 'local', seq, ?::TIMESTAMP, p,
+                SELECT make_timestamp(a * 1000), pk, 'local', lpad(CAST(seq AS VARCHAR), {SEQ_WIDTH}, '0'),
+                       ?::TIMESTAMP, p,
                        CASE WHEN p IS NULL THEN COALESCE(r, encode(t)) END
                 FROM (SELECT a, pk, seq, TRY_CAST(t AS JSON) AS p, t, r
                       FROM (SELECT UNNEST(?) AS a, UNNEST(?) AS pk, UNNEST(?) AS seq, UNNEST(?::VARCHAR[]) AS t,
                                    UNNEST(?::BLOB[]) AS r))
                 """,
                 [refresh, [r.arrival_ms for r in records], [r.partition_key for r in records],
-                 [str(r.seq).zfill(SEQ_WIDTH) for r in records], texts, raw],
+                 [r.seq for r in records], texts, raw],
             )
             self.conn.execute("COMMIT")
         except Exception:
@@ -155,10 +156,9 @@ class Loader:
     """Background thread of ``clickstream local``: load and merge every ``interval`` seconds."""
 
     def __init__(self, warehouse: Warehouse, data_dir: Path | str, interval: float = 0.5,
-                 batch: int = 10_000) -> None:
+                 batch: int = 50_000) -> None:
         self.warehouse = warehouse
-        # Smaller loads hold the GIL for shorter stretches, which keeps the collector's latency low.
-        self.batch = batch
+        self.batch = batch  # records per load while catching up (bigger loads amortise each merge)
         self.data_dir = Path(data_dir)
         self.interval = interval
         self._stop = threading.Event()
@@ -214,7 +214,7 @@ class LoaderProcess:
     when told to, and also when its parent dies (even by ``kill -9``), releasing the DuckDB file.
     """
 
-    def __init__(self, data_dir: Path | str, *, interval: float = 0.5, batch: int = 10_000,
+    def __init__(self, data_dir: Path | str, *, interval: float = 0.5, batch: int = 50_000,
                  archive: dict[str, float] | None = None) -> None:
         import multiprocessing
 

@@ -189,6 +189,8 @@ class Loader:
                         log.exception("warehouse load failed; retrying")
                     if self._stop.wait(self.interval):
                         break
+                with self.lock:  # a last pass on shutdown: what was acknowledged is queryable
+                    self.warehouse.load_from(stream, batch=self.batch)
             finally:
                 stream.close()
 
@@ -254,8 +256,14 @@ class LoaderProcess:
 
 def _loader_main(data_dir: str, interval: float, batch: int, archive: dict[str, float] | None, conn, stop, ready,
                  parent_pid: int) -> None:
+    import signal
+
     from clickstream.archive import Archiver
 
+    # Ctrl-C and a SIGTERM sent to the whole process group reach this process too: shut down the
+    # same way as when the parent asks (flush the archive buffer, finish the merge), not abruptly.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with contextlib.suppress(OSError):
         os.nice(10)
     deadline = time.monotonic() + 30

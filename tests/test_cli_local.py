@@ -116,3 +116,24 @@ def test_query_errors_are_one_line_not_a_traceback(tmp_path, capsys):
     assert main(["query", "--data-dir", str(tmp_path), "SELECT nope FROM clickstream.events"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("clickstream query: query failed") and "Traceback" not in err
+
+
+def test_sigterm_to_the_whole_process_group_still_flushes(tmp_path):
+    """Process managers (and `timeout`) signal every process of the group, the consumer child too."""
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "local", "--port", str(port), "--data-dir", str(tmp_path),
+                             "--write-key", "cli-test-key=cli"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "local.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    r = httpx.post(f"http://127.0.0.1:{port}/v1/track", auth=("cli-test-key", ""),
+                   json={"userId": "u", "event": "group term", "messageId": "g-1"})
+    assert r.status_code == 200
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+    time.sleep(0.5)
+    archived = list((tmp_path / "archive" / "events").rglob("*.gz"))
+    assert archived, "the archive buffer was not flushed"
+    out = query(tmp_path, "SELECT id FROM clickstream.tracks", fmt="csv")
+    assert out.returncode == 0 and out.stdout.splitlines() == ["id", "g-1"]

@@ -94,7 +94,7 @@ def test_sql_lists_agree_with_the_contract():
     from clickstream import contract
 
     pending = next(s.sql for s in redshift_statements("setup", NAMES) if "050_pending_view" in s.name)
-    types = re.search(r"n\.type NOT IN \(([^)]*)\)", pending).group(1)
+    types = re.search(r"\w\.type NOT IN \(([^)]*)\)", pending).group(1)
     assert [t.strip(" '") for t in types.split(",")] == list(contract.MESSAGE_TYPES)
     routes = re.search(r"o\.route IN \(([^)]*)\)", pending).group(1)
     short = [r for r in contract.SINGLE_ROUTES if len(r) == 1] + [r for r in contract.BATCH_ROUTES if len(r) == 1]

@@ -154,27 +154,34 @@ n AS (
                 'analytics.js', 'analytics-next', 'analytics-ios', 'analytics-android', 'analytics-swift',
                 'analytics-kotlin', 'analytics-react-native', 'analytics-flutter') AS client_side
     FROM ctx_obj AS o
+),
+judged AS (
+    SELECT
+        j.*,
+        CASE
+            WHEN j.raw_json IS NULL THEN 'invalid_json'
+            WHEN j.d IS NULL THEN 'invalid_envelope'
+            WHEN j.envelope_version IS NULL OR j.envelope_version <> '1' THEN 'unsupported_envelope_version'
+            WHEN j.received_ms IS NULL OR j.source IS NULL THEN 'invalid_envelope'
+            WHEN j.m IS NULL THEN 'invalid_message'
+            WHEN j.type IS NULL OR j.type NOT IN ('identify', 'track', 'page', 'screen', 'group', 'alias')
+                THEN 'invalid_type'
+            WHEN j.user_id IS NULL AND j.anonymous_id IS NULL THEN 'missing_user_id_and_anonymous_id'
+            WHEN j.type = 'track' AND j.event_text IS NULL THEN 'missing_event'
+            WHEN j.type = 'group' AND j.group_id IS NULL THEN 'missing_group_id'
+            WHEN j.type = 'alias' AND j.previous_id IS NULL THEN 'missing_previous_id'
+            WHEN j.type = 'alias' AND j.user_id IS NULL THEN 'missing_user_id'
+            WHEN LEN(j.message_id) > 100 THEN 'message_id_too_long'
+        END AS reason
+    FROM n AS j
 )
 SELECT
     n.sequence_number,
     n.refresh_time,
-    CASE
-        WHEN n.raw_json IS NULL THEN 'invalid_json'
-        WHEN n.d IS NULL THEN 'invalid_envelope'
-        WHEN n.envelope_version IS NULL OR n.envelope_version <> '1' THEN 'unsupported_envelope_version'
-        WHEN n.received_ms IS NULL OR n.source IS NULL THEN 'invalid_envelope'
-        WHEN n.m IS NULL THEN 'invalid_message'
-        WHEN n.type IS NULL OR n.type NOT IN ('identify', 'track', 'page', 'screen', 'group', 'alias')
-            THEN 'invalid_type'
-        WHEN n.user_id IS NULL AND n.anonymous_id IS NULL THEN 'missing_user_id_and_anonymous_id'
-        WHEN n.type = 'track' AND n.event_text IS NULL THEN 'missing_event'
-        WHEN n.type = 'group' AND n.group_id IS NULL THEN 'missing_group_id'
-        WHEN n.type = 'alias' AND n.previous_id IS NULL THEN 'missing_previous_id'
-        WHEN n.type = 'alias' AND n.user_id IS NULL THEN 'missing_user_id'
-        WHEN LEN(n.message_id) > 100 THEN 'message_id_too_long'
-    END AS reason,
-    CASE WHEN n.raw_json IS NULL THEN 'hex' ELSE 'json' END AS raw_format,
-    COALESCE(n.raw_json, n.raw_hex) AS raw,
+    n.reason,
+    -- the raw record is kept only where it is needed: for rows that go to `rejected`
+    CASE WHEN n.reason IS NOT NULL THEN CASE WHEN n.raw_json IS NULL THEN 'hex' ELSE 'json' END END AS raw_format,
+    CASE WHEN n.reason IS NOT NULL THEN COALESCE(n.raw_json, n.raw_hex) END AS raw,
     n.message_id,
     n.type,
     n.source,
@@ -215,4 +222,4 @@ SELECT
     n.traits,
     n.request_id,
     n.request_ip
-FROM n;
+FROM judged AS n;

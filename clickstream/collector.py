@@ -29,8 +29,6 @@ _SUCCESS = contract.SUCCESS_BODY.encode()
 ADMIN_QUERY_PATH = "/_clickstream/query"
 OPENAPI_PATH = "/openapi.json"
 ADMIN_TOKEN_HEADER = "x-clickstream-token"
-_SETTINGS_PREFIX = contract.API_PREFIX + "/projects/"
-_SETTINGS_SUFFIX = "/settings"
 
 
 class Collector:
@@ -123,10 +121,11 @@ class Collector:
             from clickstream.openapi import document
 
             return 200, orjson.dumps(document(f"http://{self.api_host.removesuffix(contract.API_PREFIX)}")), []
-        if path.startswith(_SETTINGS_PREFIX) and path.endswith(_SETTINGS_SUFFIX):
+        prefix, suffix = contract.SETTINGS_PREFIX, contract.SETTINGS_SUFFIX
+        if path.startswith(prefix) and path.endswith(suffix) and len(path) > len(prefix) + len(suffix):
             if method not in ("GET", "HEAD"):
                 raise IngestError("method_not_allowed", headers={"Allow": "GET, HEAD, OPTIONS"})
-            return self._settings(path[len(_SETTINGS_PREFIX) : -len(_SETTINGS_SUFFIX)])
+            return self._settings(path[len(prefix) : -len(suffix)])
         route = contract.route_of(path)
         if route is None:
             raise IngestError("not_found", f"no route {path}")

@@ -38,6 +38,7 @@ BATCH_ROUTES: tuple[str, ...] = ("batch", "import", "b")
 METRICS_ROUTE = "m"
 # GET: analytics-next loads its settings from <cdnURL>/v1/projects/<writeKey>/settings.
 SETTINGS_PATH = API_PREFIX + "/projects/{writeKey}/settings"
+SETTINGS_PREFIX, _, SETTINGS_SUFFIX = SETTINGS_PATH.partition("{writeKey}")
 
 MESSAGE_TYPES: tuple[str, ...] = ("identify", "track", "page", "screen", "group", "alias")
 
@@ -50,7 +51,9 @@ MAX_REQUEST_BYTES = 512 * 1024
 # API Gateway makes exactly one call per request. Every official SDK flushes far below this
 # (python 100, node 15, ruby 100, java/go 250), so the deployed limit is Kinesis's, and local
 # mode enforces the same number so that a batch accepted locally is accepted in AWS.
-MAX_BATCH_ITEMS = 500
+KINESIS_MAX_RECORDS_PER_PUT = 500
+KINESIS_MAX_BYTES_PER_PUT = 5 * 1024 * 1024  # the pre-2025 request limit; design for the smaller one
+MAX_BATCH_ITEMS = KINESIS_MAX_RECORDS_PER_PUT
 SEGMENT_MAX_BATCH_ITEMS = 2500
 MAX_MESSAGE_ID_CHARS = 100
 # Kinesis partition keys are 1-256 Unicode characters.
@@ -259,6 +262,11 @@ def route_of(path: str) -> str | None:
 def tracking_paths() -> list[str]:
     """Every POST path of the tracking API, in a stable order."""
     return [f"{API_PREFIX}/{r}" for r in (*SINGLE_ROUTES, *BATCH_ROUTES, METRICS_ROUTE)]
+
+
+def error_statuses() -> list[int]:
+    """Every status the tracking API can answer with besides 200."""
+    return sorted({e.status for e in ERRORS.values()})
 
 
 def settings_body(write_key: str, api_host: str, protocol: str = "https") -> dict:

@@ -63,7 +63,7 @@ def document(server_url: str = "http://127.0.0.1:8080") -> dict[str, Any]:
         },
     }
     paths: dict[str, Any] = {}
-    common = (400, 401, 413, 415, 429, 503)
+    common = tuple(s for s in contract.error_statuses() if s not in (404, 405))
     for route, rtype in contract.SINGLE_ROUTES.items():
         paths[f"{contract.API_PREFIX}/{route}"] = {"post": {
             "operationId": f"post_{route}", "summary": f"one {rtype} message",

@@ -23,9 +23,6 @@ from clickstream import contract
 from clickstream.archive import ARCHIVE_PREFIX, hour_prefix, hours_between, iter_records, write_durably
 from clickstream.contract import Record
 
-# Kinesis PutRecords: at most 500 records and 5 MiB per call (the conservative, pre-2025 limits).
-MAX_RECORDS_PER_PUT = contract.MAX_BATCH_ITEMS
-MAX_BYTES_PER_PUT = 5 * 1024 * 1024
 MAX_ATTEMPTS = 8
 
 
@@ -94,7 +91,8 @@ def chunks(records: Iterator[Record]) -> Iterator[list[Record]]:
     size = 0
     for record in records:
         weight = len(record.data) + len(record.partition_key.encode())
-        if batch and (len(batch) >= MAX_RECORDS_PER_PUT or size + weight > MAX_BYTES_PER_PUT):
+        if batch and (len(batch) >= contract.KINESIS_MAX_RECORDS_PER_PUT
+                      or size + weight > contract.KINESIS_MAX_BYTES_PER_PUT):
             yield batch
             batch, size = [], 0
         batch.append(record)

@@ -109,10 +109,10 @@ class LocalStream:
             (consumer, seq, now_ms()),
         )
 
-    def backlog(self) -> int:
-        """Records not yet read by the slowest consumer (all records when none has checkpointed)."""
-        row = self._conn.execute("SELECT MIN(seq) FROM checkpoints").fetchone()
-        return self.last_seq() - (row[0] or 0)
+    def lag(self, consumer: str) -> int | None:
+        """Records ``consumer`` has not read yet; None while it has never checkpointed."""
+        row = self._conn.execute("SELECT seq FROM checkpoints WHERE consumer = ?", (consumer,)).fetchone()
+        return None if row is None else self.last_seq() - row[0]
 
 
 def append(conn: sqlite3.Connection, records: Sequence[Record], arrival_ms: int | None = None) -> tuple[int, int]:
@@ -193,10 +193,8 @@ class GroupCommitWriter:
         stream = LocalStream(self.path.parent)
         try:
             while not self._stopping.is_set():
-                row = stream._conn.execute("SELECT seq FROM checkpoints WHERE consumer = ?",
-                                           (self.limits.consumer,)).fetchone()
                 # Only a consumer that exists can fall behind; without one there is no backlog to bound.
-                self.backlog = stream.last_seq() - row[0] if row else 0
+                self.backlog = stream.lag(self.limits.consumer) or 0
                 self.free_bytes = shutil.disk_usage(self.path.parent).free
                 self._stopping.wait(self.limits.check_seconds)
         finally:

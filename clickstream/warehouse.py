@@ -249,9 +249,6 @@ class LoaderProcess:
             raise QueryFailed(payload)
         return payload
 
-    def last_loaded_seq(self) -> int:
-        _, rows = self.query(f"SELECT MAX(sequence_number) FROM {ModelNames().schema}.{ModelNames().mv}")
-        return int(rows[0][0]) if rows and rows[0][0] else 0
 
 
 def _loader_main(data_dir: str, interval: float, batch: int, archive: dict[str, float] | None, conn, stop, ready,

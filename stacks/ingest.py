@@ -18,7 +18,6 @@ from stacks.monitoring import PipelineMonitoring
 from stacks.storage import StorageStack
 
 JSON_TYPES = contract.ACCEPTED_MEDIA_TYPES  # a request template per accepted media type
-ERROR_STATUSES = (400, 401, 404, 413, 415, 429, 500, 503)
 
 
 def _error_template(code: str) -> dict[str, str]:
@@ -91,7 +90,9 @@ class IngestStack(cdk.Stack):
                 resource.add_method("POST", integration, request_validator=self.validator,
                                     request_models=dict.fromkeys(JSON_TYPES, self.body_model),
                                     method_responses=self._method_responses())
-        settings_resource = v1.add_resource("projects").add_resource("{writeKey}").add_resource("settings")
+        settings_resource = self.api.root
+        for part in contract.SETTINGS_PATH.strip("/").split("/"):
+            settings_resource = settings_resource.get_resource(part) or settings_resource.add_resource(part)
         settings_resource.add_method("GET", self._settings_integration(settings),
                                      request_parameters={"method.request.path.writeKey": True},
                                      method_responses=self._method_responses())
@@ -166,7 +167,7 @@ class IngestStack(cdk.Stack):
         headers = {"method.response.header.Access-Control-Allow-Origin": True,
                    "method.response.header.Retry-After": True}
         return [apigw.MethodResponse(status_code=str(s), response_parameters=headers)
-                for s in (200, *ERROR_STATUSES)]
+                for s in (200, *contract.error_statuses())]
 
     def _gateway_responses(self) -> None:
         """Errors API Gateway answers itself, in Segment's shape and with CORS (else browsers retry blind)."""

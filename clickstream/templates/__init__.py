@@ -93,6 +93,7 @@ def settings_response_template() -> str:
     The API's own domain and stage make ``apiHost``; only known keys reach this template.
     """
     body = json.dumps(contract.settings_body("@KEY@", "@HOST@"), separators=(",", ":"))
-    body = body.replace("@KEY@", "$key").replace("@HOST@", "$context.domainName/$context.stage/v1")
+    host = f"$context.domainName/$context.stage{contract.API_PREFIX}"
+    body = body.replace("@KEY@", "$key").replace("@HOST@", host)
     return ('#set($key = $util.escapeJavaScript($input.params(\'writeKey\')).replaceAll("\\\\\'", "\'"))\n'
             + body + "\n")

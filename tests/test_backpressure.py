@@ -9,7 +9,7 @@ import httpx
 from segment.analytics import Client
 
 from clickstream.local import build_pipeline
-from clickstream.stream import Limits
+from clickstream.stream import Limits, LocalStream
 from tests.conftest import KEY, WRITE_KEYS, LivePipeline, free_port, serve
 
 
@@ -58,6 +58,10 @@ def test_throttled_and_disk_full_responses_carry_retry_after(tmp_path):
         time.sleep(0.1)
         r = httpx.post(url, json=body)
         assert r.status_code == 503 and r.json()["code"] == "unavailable" and r.headers["retry-after"] == "1"
+        stream = LocalStream(tmp_path)
+        accepted = pipeline.app.events
+        assert stream.count() == accepted  # the 429s and the 503 wrote nothing
+        stream.close()
     finally:
         server.should_exit = True
         thread.join(timeout=30)

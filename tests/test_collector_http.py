@@ -175,3 +175,5 @@ def test_bad_input_gets_documented_error_and_writes_nothing(live_collector, name
 def test_get_on_tracking_route_is_405(live_collector):
     r = httpx.get(live_collector.url + "/v1/track")
     assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
+    assert r.headers["allow"] == "POST, OPTIONS"
+    assert live_collector.records() == []

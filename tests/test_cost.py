@@ -22,7 +22,9 @@ def test_lines_follow_the_documented_formulas():
     assert e.firehose == pytest.approx(1_000_000 * cost.DAYS_PER_MONTH * 5120 / 1024**3 * 0.029)
     runs = cost.DAYS_PER_MONTH * 24 * 12
     assert e.redshift_serverless == pytest.approx(runs * 60 / 3600 * 8 * 0.375)
-    assert record_bytes < 1024
+    events = 1_000_000 * cost.DAYS_PER_MONTH  # on-demand ingest bills each record rounded up to 1 KB
+    assert e.kinesis == pytest.approx(cost.HOURS_PER_MONTH * 0.04 + events * 1024 / 1024**3 * 0.08
+                                      + 2 * events * record_bytes / 1024**3 * 0.04)
     assert cost.per_million(u, e) == pytest.approx(e.total / (cost.DAYS_PER_MONTH))
     bigger = cost.estimate(cost.Usage(events_per_day=10_000_000, batch_size=20), p)
     assert bigger.api_gateway == pytest.approx(e.api_gateway * 10)

@@ -46,16 +46,18 @@ def test_numbers_and_escapes_json_cannot_represent(live_collector, raw, code):
     assert live_collector.records() == []
 
 
-def gateway(route: str, body: str, headers: dict | None = None) -> apigw.GatewayResponse:
-    """The deployed path for one request: request template, Kinesis's answer to a rejection, response."""
+def gateway(route: str, body: str, headers: dict | None = None) -> tuple[apigw.GatewayResponse, list[dict]]:
+    """The deployed path for one request: request template, Kinesis's answer, response; plus the
+    envelopes that would reach the real stream (none for a rejection)."""
     req = apigw.GatewayRequest(resource_path=f"/v1/{route}", body=body, headers=headers or {})
     put = json.loads(apigw.render(REQUEST_TEMPLATE, body, req)[0])
     code = rejection_of(put)
     if code is None:
-        return apigw.integration_response(RESPONSES, 200, '{"FailedRecordCount":0,"Records":[]}', req)
+        written = [json.loads(base64.b64decode(r["Data"])) for r in put["Records"]]
+        return apigw.integration_response(RESPONSES, 200, '{"FailedRecordCount":0,"Records":[]}', req), written
     answer = {"__type": "ResourceNotFoundException", "message": f"Stream {put['StreamName']} under account 1 "
               "not found."}
-    return apigw.integration_response(RESPONSES, 400, json.dumps(answer), req)
+    return apigw.integration_response(RESPONSES, 400, json.dumps(answer), req), []
 
 
 GOOD = {"userId": "u", "event": "e"}
@@ -75,12 +77,16 @@ VTL_CASES = [
 
 @pytest.mark.parametrize("name,route,body,status,code", VTL_CASES, ids=[c[0] for c in VTL_CASES])
 def test_deployed_templates_refuse_hostile_input_with_the_documented_status(name, route, body, status, code):
-    response = gateway(route, json.dumps(body))
+    response, written = gateway(route, json.dumps(body))
     assert response.status == status
     if code:
         assert response.json() == {"code": code, "message": contract.ERRORS[code].message}
+        assert written == []
+    else:
+        assert [w["message"] for w in written] == [body]
 
 
 def test_bearer_token_only_is_refused_by_the_templates():
-    response = gateway("track", json.dumps(GOOD), {"Authorization": "Bearer eyJhbGciOi"})
+    response, written = gateway("track", json.dumps(GOOD), {"Authorization": "Bearer eyJhbGciOi"})
     assert response.status == 401 and response.json()["code"] == "invalid_write_key"
+    assert written == []

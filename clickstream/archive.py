@@ -233,10 +233,13 @@ class S3Archive:
         return self.client.get_object(Bucket=self.bucket, Key=self.base + key)["Body"]
 
 
-def open_archive(location: str | Path):
+def open_archive(location: str | Path, region: str | None = None):
+    """A local data/archive dir, or ``s3://bucket/prefix`` (``region`` for its S3 client)."""
     text = str(location)
     if text.startswith("s3://"):
-        return S3Archive(text)
+        import boto3
+
+        return S3Archive(text, boto3.client("s3", region_name=region))
     path = Path(text)
     return LocalArchive(path / ARCHIVE_DIR if (path / ARCHIVE_DIR).is_dir() else path)
 

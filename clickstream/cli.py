@@ -250,14 +250,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print("clickstream replay: --to is before --from", file=sys.stderr)
         return 2
     source = args.source or str(args.data_dir)
-    if args.region and source.startswith("s3://"):
-        import boto3
-
-        from clickstream.archive import S3Archive
-
-        archive = S3Archive(source, boto3.client("s3", region_name=args.region))
-    else:
-        archive = open_archive(source)
+    archive = open_archive(source, args.region)
     target = None
     if not args.dry_run:
         if args.target_stream:

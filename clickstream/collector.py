@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
 from clickstream import contract
-from clickstream.ingest import BodyReader, IngestError, RequestInfo, build_records, media_type_ok
+from clickstream.ingest import BodyReader, IngestError, RequestIds, RequestInfo, build_records, media_type_ok
 from clickstream.stream import DiskFull, GroupCommitWriter, StreamFull, now_ms
 
 log = logging.getLogger("clickstream.collector")
@@ -63,6 +62,9 @@ class Collector:
         self.requests = 0
         self.events = 0
         self.refused: dict[str, int] = {}
+        self._request_id = RequestIds()
+        self._cors_any = self._cors_headers(None) if "*" in self.allowed_origins else None
+        self._n = 0
 
     # -- ASGI ---------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -72,7 +74,7 @@ class Collector:
         if scope["type"] != "http":
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        cors = self._cors_headers(headers.get("origin"))
+        cors = self._cors_any or self._cors_headers(headers.get("origin"))
         try:
             status, body, extra = await self._handle(scope, headers, receive)
         except IngestError as exc:
@@ -138,7 +140,7 @@ class Collector:
             return 200, _SUCCESS, []
         info = RequestInfo(
             route=route,
-            request_id=str(uuid.uuid4()),
+            request_id=f"{self._n}",
             received_at_ms=now_ms(),
             ip=(scope.get("client") or ("",))[0] or "",
             user_agent=headers.get("user-agent"),
@@ -157,6 +159,7 @@ class Collector:
             log.error("stream write failed: %s", exc)
             raise IngestError("unavailable") from exc
         self.requests += 1
+        self._n = getattr(self, "_n", 0) + 1
         self.events += len(records)
         return 200, _SUCCESS, []
 

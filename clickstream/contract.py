@@ -13,6 +13,7 @@ import base64
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 API_PREFIX = "/v1"
 
@@ -224,7 +225,7 @@ ENVELOPE_FIELDS: dict[str, str] = {
     "v": "envelope version (integer, currently 1)",
     "source": "source name the write key maps to (never the key itself)",
     "receivedAt": "time the gateway received the request, epoch milliseconds (integer)",
-    "requestId": "gateway request id (API Gateway $context.requestId; a UUID locally)",
+    "requestId": "gateway request id (API Gateway $context.requestId; locally UUID-shaped: random, then counted)",
     "index": "position of the message in its request (0 for single-message routes)",
     "ip": "client source IP as the gateway saw it",
     "userAgent": "User-Agent header of the request, or null",
@@ -238,12 +239,15 @@ ENVELOPE_FIELDS: dict[str, str] = {
 # (one shard takes 1 MB/s), is at most ~50 characters, and needs nothing from the client-controlled
 # body. Order across messages is not kept by Kinesis anyway beyond one key; the warehouse orders by
 # timestamp and deduplicates by messageId.
-PARTITION_KEY_FORMAT = "{requestId}:{index}"
+def partition_key(request_id: str, index: int) -> str:
+    return f"{request_id}:{index}"  # request.vtl: "$context.requestId:$index"
 
 
-@dataclass(frozen=True)
-class Record:
-    """One stream record, as Kinesis holds it: partition key and data (an envelope line)."""
+class Record(NamedTuple):
+    """One stream record, as Kinesis holds it: partition key and data (an envelope line).
+
+    A tuple rather than a frozen dataclass: a 100-message batch builds 100 of these per request.
+    """
 
     partition_key: str
     data: bytes

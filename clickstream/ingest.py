@@ -7,6 +7,8 @@ benchmarks all call the same code. The checks run in the same order as in
 
 from __future__ import annotations
 
+import itertools
+import secrets
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,6 +48,25 @@ class RequestInfo:
     ip: str
     user_agent: str | None = None
     authorization: str | None = None
+
+
+class RequestIds:
+    """UUID-shaped request ids, like API Gateway's ``$context.requestId``: a random prefix and a counter.
+
+    Not ``uuid.uuid4()`` per request: it reads the OS random source in a call that releases the GIL,
+    the stream writer thread takes the GIL then, and the event loop waits for it. That halved the
+    single-event throughput of the local collector. 64 random bits per process keep ids unique
+    across restarts; the counter keeps them unique within one.
+    """
+
+    def __init__(self) -> None:
+        hi, lo = secrets.randbits(64), secrets.randbits(64)
+        self._prefix = f"{hi >> 32:08x}-{(hi >> 16) & 0xFFFF:04x}-{hi & 0xFFFF:04x}-"
+        self._counter = itertools.count(lo)
+
+    def __call__(self) -> str:
+        n = next(self._counter) & 0xFFFF_FFFF_FFFF_FFFF
+        return f"{self._prefix}{n >> 48:04x}-{n & 0xFFFF_FFFF_FFFF:012x}"
 
 
 def media_type_ok(content_type: str | None) -> bool:
@@ -124,6 +145,26 @@ def _batch_field(value: Any) -> Any:
     return None if value is None or value == "" else value
 
 
+_FIELDS = list(contract.ENVELOPE_FIELDS)
+_INDEX, _MESSAGE = _FIELDS.index("index"), _FIELDS.index("message")
+assert 0 < _INDEX < _MESSAGE - 1 < len(_FIELDS) - 2, "the envelope frame needs fields around index and message"
+
+
+def _envelope_frame(fields: dict[str, Any]) -> tuple[bytes, bytes, bytes]:
+    """The bytes of one request's envelopes around their two per-message values, index and message.
+
+    Serialising the request-wide fields once and splicing each message in is faster for a batch
+    than one orjson.dumps per envelope, and gives the same bytes (a test holds them equal).
+    """
+
+    def members(names: list[str]) -> bytes:
+        return orjson.dumps({name: fields[name] for name in names})[1:-1]
+
+    return (b"{" + members(_FIELDS[:_INDEX]) + b',"index":',
+            b"," + members(_FIELDS[_INDEX + 1 : _MESSAGE]) + b',"message":',
+            b"," + members(_FIELDS[_MESSAGE + 1 :]) + b"}\n")
+
+
 def build_records(info: RequestInfo, body: bytes, write_keys: Mapping[str, str]) -> list[Record]:
     """Validate a tracking request and wrap each message in the record envelope."""
     if len(body) > contract.MAX_REQUEST_BYTES:
@@ -166,26 +207,18 @@ def build_records(info: RequestInfo, body: bytes, write_keys: Mapping[str, str])
                 f"message {i} is {len(data)} bytes; at most {contract.MAX_MESSAGE_BYTES} are accepted",
             )
 
-    batch_json = _dumps(batch)
-    records = []
-    for index, message in enumerate(encoded):
-        envelope = {
-            "v": contract.ENVELOPE_VERSION,
-            "source": source,
-            "receivedAt": info.received_at_ms,
-            "requestId": info.request_id,
-            "index": index,
-            "ip": info.ip,
-            "userAgent": info.user_agent,
-            "route": info.route,
-            "routeType": route_type,
-            "message": orjson.Fragment(message),
-            "batch": orjson.Fragment(batch_json),
-        }
-        records.append(
-            Record(
-                contract.PARTITION_KEY_FORMAT.format(requestId=info.request_id, index=index),
-                orjson.dumps(envelope, option=orjson.OPT_APPEND_NEWLINE),
-            )
-        )
-    return records
+    head, mid, tail = _envelope_frame({
+        "v": contract.ENVELOPE_VERSION,
+        "source": source,
+        "receivedAt": info.received_at_ms,
+        "requestId": info.request_id,
+        "ip": info.ip,
+        "userAgent": info.user_agent,
+        "route": info.route,
+        "routeType": route_type,
+        "batch": orjson.Fragment(_dumps(batch)),
+    })
+    key = contract.partition_key
+    rid = info.request_id
+    return [Record(key(rid, index), b"%b%d%b%b%b" % (head, index, mid, message, tail))
+            for index, message in enumerate(encoded)]

@@ -80,7 +80,7 @@ def to_record(data: bytes) -> Record:
     """The envelope's own request id and index give the same partition key as the original put."""
     try:
         env = json.loads(data)
-        key = contract.PARTITION_KEY_FORMAT.format(requestId=env["requestId"], index=env["index"])
+        key = contract.partition_key(env["requestId"], env["index"])
     except (ValueError, KeyError, TypeError):
         key = f"replay-{zlib.crc32(data):08x}"
     return Record(key[: contract.MAX_PARTITION_KEY_CHARS], data)

@@ -4,6 +4,12 @@ Records get a sequence number and an arrival time when they are committed, like 
 SequenceNumber and ApproximateArrivalTimestamp. Consumers (archiver, warehouse loader) keep named
 checkpoints in the same file, so a restart resumes where each left off.
 
+The records of one put (one tracking request) are stored as one row, a *chunk*: the records back
+to back plus their partition keys and sizes. Sequence numbers stay one per record and dense (a
+chunk of n records starting at s holds s .. s+n-1), so readers see records, never chunks. One row
+per request instead of one per message keeps the commit a single SQLite statement, which matters
+for latency: the writer thread then needs Python's GIL twice per commit instead of once per row.
+
 Writes go through :class:`GroupCommitWriter`: one thread owns the write connection and commits
 everything that queued up while the previous commit was being fsynced, so many concurrent requests
 share one fsync and each is answered only after its records are on disk.
@@ -12,6 +18,7 @@ share one fsync and each is answered only after its records are on disk.
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 import sqlite3
 import threading
@@ -19,17 +26,22 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
+
+import orjson
 
 from clickstream.contract import Record
 
 STREAM_FILE = "stream.sqlite3"
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    partition_key TEXT NOT NULL,
-    data BLOB NOT NULL,
-    arrival_ms INTEGER NOT NULL
+CREATE TABLE IF NOT EXISTS chunks (
+    first_seq INTEGER PRIMARY KEY,  -- sequence number of the chunk's first record
+    n INTEGER NOT NULL,             -- records in the chunk
+    arrival_ms INTEGER NOT NULL,
+    keys BLOB NOT NULL,             -- JSON array: the records' partition keys
+    sizes BLOB NOT NULL,            -- JSON array: the records' lengths in bytes
+    data BLOB NOT NULL              -- the records back to back
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     consumer TEXT PRIMARY KEY,
@@ -38,13 +50,36 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 """
 
+# Streams written before chunks existed held one row per record; they are converted on open.
+_MIGRATE_RECORDS = """
+INSERT INTO chunks (first_seq, n, arrival_ms, keys, sizes, data)
+SELECT seq, 1, arrival_ms, json_array(partition_key), json_array(length(data)), data FROM records ORDER BY seq;
+DROP TABLE records;
+"""
 
-@dataclass(frozen=True)
-class StreamRecord:
+_LAST_SEQ = "SELECT COALESCE((SELECT first_seq + n - 1 FROM chunks ORDER BY first_seq DESC LIMIT 1), 0)"
+_CHUNKS_PER_STATEMENT = 128  # x 5 parameters stays below SQLite's oldest variable limit (999)
+
+
+class StreamRecord(NamedTuple):
     seq: int
     partition_key: str
     data: bytes
     arrival_ms: int
+
+
+class Chunk(NamedTuple):
+    """The records of one put, ready to bind: built on the caller's thread, not the writer's."""
+
+    n: int
+    keys: bytes
+    sizes: bytes
+    data: bytes
+
+
+def pack(records: Sequence[Record]) -> Chunk:
+    return Chunk(len(records), orjson.dumps([r.partition_key for r in records]),
+                 orjson.dumps([len(r.data) for r in records]), b"".join([r.data for r in records]))
 
 
 def now_ms() -> int:
@@ -60,7 +95,43 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout=30000")
     if not readonly:
         conn.executescript(_SCHEMA)
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'records'").fetchone():
+            conn.executescript("BEGIN IMMEDIATE;" + _MIGRATE_RECORDS + "COMMIT;")
     return conn
+
+
+@functools.lru_cache(maxsize=_CHUNKS_PER_STATEMENT)
+def _insert_sql(chunks: int) -> str:
+    """One INSERT for ``chunks`` chunks; each gets the sequence numbers after the previous one's."""
+    values = ",".join(f"({i},?,?,?,?,?)" for i in range(chunks))
+    return (
+        f"WITH v(i, n, arrival_ms, keys, sizes, data) AS (VALUES {values}), "
+        f"base(b) AS ({_LAST_SEQ}) "
+        "INSERT INTO chunks (first_seq, n, arrival_ms, keys, sizes, data) "
+        "SELECT b + 1 + SUM(n) OVER (ORDER BY i) - n, n, arrival_ms, keys, sizes, data FROM v, base ORDER BY i"
+    )
+
+
+def append(conn: sqlite3.Connection, chunks: Sequence[Chunk], arrival_ms: int | None = None) -> None:
+    """Commit ``chunks`` atomically and durably, in order.
+
+    Up to 128 chunks are one autocommit statement: SQLite takes the write lock, numbers the
+    records after the last committed one and fsyncs, all inside one call that releases the GIL.
+    """
+    arrival = now_ms() if arrival_ms is None else arrival_ms
+    params_of = [[p for c in chunks[i : i + _CHUNKS_PER_STATEMENT] for p in (c.n, arrival, c.keys, c.sizes, c.data)]
+                 for i in range(0, len(chunks), _CHUNKS_PER_STATEMENT)]
+    if len(params_of) == 1:
+        conn.execute(_insert_sql(len(chunks)), params_of[0])
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for params in params_of:
+            conn.execute(_insert_sql(len(params) // 5), params)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 class LocalStream:
@@ -73,16 +144,33 @@ class LocalStream:
     def close(self) -> None:
         self._conn.close()
 
-    def put(self, records: Sequence[Record]) -> tuple[int, int]:
-        """Append records in one transaction; returns (first, last) sequence numbers."""
-        return append(self._conn, records)
+    def put(self, records: Sequence[Record]) -> None:
+        """Append records as one chunk, in one durable transaction."""
+        if records:
+            append(self._conn, [pack(records)])
 
     def read(self, after: int = 0, limit: int = 1000) -> list[StreamRecord]:
-        rows = self._conn.execute(
-            "SELECT seq, partition_key, data, arrival_ms FROM records WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after, limit),
-        ).fetchall()
-        return [StreamRecord(*row) for row in rows]
+        """Up to ``limit`` records with sequence numbers above ``after``, in order."""
+        row = self._conn.execute(
+            "SELECT first_seq FROM chunks WHERE first_seq <= ? ORDER BY first_seq DESC LIMIT 1", (after + 1,)
+        ).fetchone()
+        cursor = self._conn.execute(
+            "SELECT first_seq, arrival_ms, keys, sizes, data FROM chunks WHERE first_seq >= ? ORDER BY first_seq",
+            (row[0] if row else 0,),
+        )
+        out: list[StreamRecord] = []
+        try:
+            for first, arrival, keys, sizes, data in cursor:
+                offset = 0
+                for i, (key, size) in enumerate(zip(orjson.loads(keys), orjson.loads(sizes), strict=True)):
+                    if first + i > after:
+                        out.append(StreamRecord(first + i, key, data[offset : offset + size], arrival))
+                        if len(out) >= limit:
+                            return out
+                    offset += size
+        finally:
+            cursor.close()
+        return out
 
     def iter_from(self, after: int = 0, page: int = 1000) -> Iterator[StreamRecord]:
         while True:
@@ -93,10 +181,10 @@ class LocalStream:
             after = rows[-1].seq
 
     def last_seq(self) -> int:
-        return self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[0]
+        return self._conn.execute(_LAST_SEQ).fetchone()[0]
 
     def count(self) -> int:
-        return self._conn.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+        return self._conn.execute("SELECT COALESCE(SUM(n), 0) FROM chunks").fetchone()[0]
 
     def checkpoint(self, consumer: str) -> int:
         row = self._conn.execute("SELECT seq FROM checkpoints WHERE consumer = ?", (consumer,)).fetchone()
@@ -112,23 +200,7 @@ class LocalStream:
     def lag(self, consumer: str) -> int | None:
         """Records ``consumer`` has not read yet; None while it has never checkpointed."""
         row = self._conn.execute("SELECT seq FROM checkpoints WHERE consumer = ?", (consumer,)).fetchone()
-        return None if row is None else self.last_seq() - row[0]
-
-
-def append(conn: sqlite3.Connection, records: Sequence[Record], arrival_ms: int | None = None) -> tuple[int, int]:
-    arrival = now_ms() if arrival_ms is None else arrival_ms
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        first = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[0] + 1
-        conn.executemany(
-            "INSERT INTO records (partition_key, data, arrival_ms) VALUES (?, ?, ?)",
-            [(r.partition_key, r.data, arrival) for r in records],
-        )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return first, first + len(records) - 1
+        return None if row is None else self.last_seq() - row[0]  # sequence numbers are dense
 
 
 class StreamFull(Exception):
@@ -219,10 +291,11 @@ class GroupCommitWriter:
         with self._lock:
             self.check(len(records))
             self._pending += len(records)
-        self._queue.put((records, future, loop))
+        self._queue.put((pack(records), future, loop))
         return future
 
     def _run(self, conn: sqlite3.Connection) -> None:
+        # Kept lean: every Python step here competes for the GIL with the event loop.
         stopping = False
         while not stopping:
             item = self._queue.get()
@@ -238,25 +311,30 @@ class GroupCommitWriter:
                     stopping = True
                     break
                 batch.append(nxt)
-            rows = [r for records, _, _ in batch for r in records]
+            chunks = [chunk for chunk, _, _ in batch]
+            records = sum(chunk.n for chunk in chunks)
             error: BaseException | None = None
             try:
-                append(conn, rows)
+                append(conn, chunks)
                 self.commits += 1
-                self.records_written += len(rows)
+                self.records_written += records
             except BaseException as exc:  # report to every waiting request; they answer 503
                 error = exc
             with self._lock:
-                self._pending -= len(rows)
+                self._pending -= records
+            waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
             for _, future, loop in batch:
-                loop.call_soon_threadsafe(_settle, future, error)
+                waiting.setdefault(loop, []).append(future)
+            for loop, futures in waiting.items():  # one wake-up per loop, not one per request
+                loop.call_soon_threadsafe(_settle, futures, error)
         conn.close()
 
 
-def _settle(future: asyncio.Future, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
+def _settle(futures: list[asyncio.Future], error: BaseException | None) -> None:
+    for future in futures:
+        if future.done():  # the request was cancelled (client went away)
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)

@@ -93,6 +93,7 @@ class ServerProcess:
                    "--data-dir", str(data_dir), "--write-key", f"{BENCH_KEY}=bench"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         _pin(self.proc.pid, 0)
+        self.cpus = sorted(os.sched_getaffinity(self.proc.pid)) if _CPUS else []
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -124,10 +125,14 @@ class ServerProcess:
         self.proc.wait(timeout=30)
 
 
+# Read once, before this process pins itself: servers started later inherit that pinning, and
+# reading the CPUs then would find only the generator's one.
+_CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
 def _pin(pid: int, cpu: int) -> None:
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if len(cpus) >= 2:
-        os.sched_setaffinity(pid, {cpus[cpu % len(cpus)]})
+    if len(_CPUS) >= 2:
+        os.sched_setaffinity(pid, {_CPUS[cpu % len(_CPUS)]})
 
 
 @dataclass
@@ -143,6 +148,8 @@ class Figures:
     peak_rss_mb: float
     events_acknowledged: int
     events_in_stream: int | None
+    server_cpus: list[int]
+    generator_cpus: list[int]
 
 
 def measure(scenario: Scenario, *, bare: bool, seconds: float, connections: int, rate: float | None = None,
@@ -165,7 +172,7 @@ def measure(scenario: Scenario, *, bare: bool, seconds: float, connections: int,
     return Figures(scenario.name, "bare" if bare else "clickstream", round(result.rps, 1),
                    round(result.rps * scenario.events_per_request, 1), round(result.percentile(50), 2),
                    round(result.percentile(95), 2), round(result.percentile(99), 2), result.errors, round(rss, 1),
-                   acked, stored)
+                   acked, stored, server.cpus, sorted(os.sched_getaffinity(0)) if _CPUS else [])
 
 
 def run_bench(names: list[str], seconds: float, connections: int, batch_size: int) -> list[Figures]:
@@ -271,6 +278,8 @@ def print_table(figures: list[Figures]) -> None:
     console = Console()
     console.width = max(console.width, 140)
     console.print(table)
+    if figures:
+        print(f"server pinned to CPU {figures[0].server_cpus}, load generator to CPU {figures[0].generator_cpus}")
     by = {(f.scenario, f.server): f for f in figures}
     for name in ("batch", "single"):
         ours, bare = by.get((name, "clickstream")), by.get((name, "bare"))

@@ -1,0 +1,30 @@
+"""`clickstream bench` itself: short runs, checked for what its figures rest on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_keeps_server_and_generator_apart_and_counts_what_was_stored(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "clickstream.cli", "bench", "--scenario", "single", "--seconds", "1",
+         "--connections", "4", "--json"],
+        capture_output=True, text=True, timeout=120, check=True, cwd=tmp_path,
+    ).stdout
+    figures = {(f["scenario"], f["server"]): f for f in json.loads(out)["http"]}
+    assert set(figures) == {("single", "clickstream"), ("single@half", "clickstream"), ("single", "bare")}
+    for key in (("single", "clickstream"), ("single@half", "clickstream")):
+        f = figures[key]
+        assert f["events_acknowledged"] > 0 and f["events_in_stream"] == f["events_acknowledged"]
+        assert f["errors"] == 0 and f["p50_ms"] <= f["p99_ms"]
+    if len(os.sched_getaffinity(0)) >= 2:  # the generator must not steal the server's CPU
+        for f in figures.values():
+            assert f["server_cpus"] and f["generator_cpus"]
+            assert not set(f["server_cpus"]) & set(f["generator_cpus"])

@@ -122,7 +122,7 @@ class ServerProcess:
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(timeout=30)
+        self.proc.wait(timeout=300)  # it drains: archives and loads the backlog the run left
 
 
 # Read once, before this process pins itself: servers started later inherit that pinning, and

@@ -64,7 +64,6 @@ class Collector:
         self.refused: dict[str, int] = {}
         self._request_id = RequestIds()
         self._cors_any = self._cors_headers(None) if "*" in self.allowed_origins else None
-        self._n = 0
 
     # -- ASGI ---------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -140,7 +139,7 @@ class Collector:
             return 200, _SUCCESS, []
         info = RequestInfo(
             route=route,
-            request_id=f"{self._n}",
+            request_id=self._request_id(),
             received_at_ms=now_ms(),
             ip=(scope.get("client") or ("",))[0] or "",
             user_agent=headers.get("user-agent"),
@@ -159,7 +158,6 @@ class Collector:
             log.error("stream write failed: %s", exc)
             raise IngestError("unavailable") from exc
         self.requests += 1
-        self._n = getattr(self, "_n", 0) + 1
         self.events += len(records)
         return 200, _SUCCESS, []
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import uuid
 import zlib
 
 import httpx
 import pytest
 
 from clickstream import contract
+from clickstream.ingest import RequestIds
 from tests.conftest import KEY
 
 BASIC = {"Authorization": "Basic " + base64.b64encode(f"{KEY}:".encode()).decode()}
@@ -53,6 +55,15 @@ def test_batch_routes_split_into_records_and_keep_batch_fields(live_collector, r
                                 "integrations": {"All": True}}
     keys = [r.partition_key for r in live_collector.raw_records()]
     assert keys == [f"{recs[0]['requestId']}:{i}" for i in range(3)]
+
+
+def test_request_ids_are_uuids_unique_per_request_and_across_restarts(live_collector):
+    for n in range(3):
+        assert post(live_collector, "/v1/track", {"event": f"e{n}", "userId": "u", "writeKey": KEY}).status_code == 200
+    ids = [r["requestId"] for r in live_collector.records()]
+    assert len(set(ids)) == 3 and all(str(uuid.UUID(i)) == i for i in ids)
+    # a restarted collector must not hand out the ids of the previous run (messageIds derive from them)
+    assert not {RequestIds()() for _ in range(100)} & {RequestIds()() for _ in range(100)}
 
 
 def test_batch_without_optional_fields_has_nulls(live_collector):

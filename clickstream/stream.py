@@ -119,15 +119,18 @@ def append(conn: sqlite3.Connection, chunks: Sequence[Chunk], arrival_ms: int | 
     records after the last committed one and fsyncs, all inside one call that releases the GIL.
     """
     arrival = now_ms() if arrival_ms is None else arrival_ms
-    params_of = [[p for c in chunks[i : i + _CHUNKS_PER_STATEMENT] for p in (c.n, arrival, c.keys, c.sizes, c.data)]
-                 for i in range(0, len(chunks), _CHUNKS_PER_STATEMENT)]
-    if len(params_of) == 1:
-        conn.execute(_insert_sql(len(chunks)), params_of[0])
+    groups = [chunks[i : i + _CHUNKS_PER_STATEMENT] for i in range(0, len(chunks), _CHUNKS_PER_STATEMENT)]
+
+    def insert(group: Sequence[Chunk]) -> None:
+        conn.execute(_insert_sql(len(group)), [p for c in group for p in (c.n, arrival, c.keys, c.sizes, c.data)])
+
+    if len(groups) == 1:
+        insert(groups[0])
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for params in params_of:
-            conn.execute(_insert_sql(len(params) // 5), params)
+        for group in groups:
+            insert(group)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

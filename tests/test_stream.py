@@ -11,7 +11,7 @@ import pytest
 
 from clickstream.contract import Record
 from clickstream.ingest import RequestInfo, _envelope_frame, build_records
-from clickstream.stream import STREAM_FILE, GroupCommitWriter, LocalStream
+from clickstream.stream import STREAM_FILE, GroupCommitWriter, LocalStream, append, connect, pack
 
 
 def _records(tag: str, n: int) -> list[Record]:
@@ -39,6 +39,17 @@ def test_records_keep_order_keys_and_bytes_across_chunk_boundaries(tmp_path):
     assert stream.lag("warehouse") == 5 and stream.lag("nobody") is None
     stream.put([])
     assert stream.count() == 9
+
+
+def test_a_commit_of_more_chunks_than_one_statement_takes_is_still_one_ordered_transaction(tmp_path):
+    conn = connect(tmp_path / STREAM_FILE)
+    puts = [_records(f"p{n}", 1 + n % 2) for n in range(300)]  # 300 chunks: three statements
+    append(conn, [pack(records) for records in puts], arrival_ms=42)
+    conn.close()
+    got = LocalStream(tmp_path).read(0, 10_000)
+    expected = [r for records in puts for r in records]
+    assert [r.seq for r in got] == list(range(1, len(expected) + 1))
+    assert [(r.partition_key, r.data, r.arrival_ms) for r in got] == [(r.partition_key, r.data, 42) for r in expected]
 
 
 def test_concurrent_writers_get_distinct_dense_sequence_numbers(tmp_path):

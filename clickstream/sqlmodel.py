@@ -22,6 +22,8 @@ PHASES = ("setup", "refresh")
 # Statements that only make sense on Redshift; sql/duckdb holds what replaces them locally.
 REDSHIFT_ONLY = frozenset({"setup/010_external_schema.sql", "setup/030_streaming_view.sql",
                            "refresh/010_refresh_view.sql"})
+# A file holding this marker is Redshift-only as well (e.g. GRANTs): the local model skips it.
+REDSHIFT_ONLY_MARKER = "-- clickstream: redshift-only"
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,126}$")
 
@@ -35,13 +37,16 @@ class ModelNames:
     kinesis_schema: str = "kinesis"  # kinesisSchema
     stream_name: str = "clickstream-events"
     iam_role: str = "default"
+    # The database role BI tools and dbt read through (granted by setup on Redshift).
+    reader_role: str = "clickstream_reader"
 
     def values(self) -> dict[str, str]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     def validate(self) -> list[str]:
         errors = [f"{k} {v!r} must be a lower-case SQL identifier"
-                  for k, v in (("schema", self.schema), ("mv", self.mv), ("kinesis_schema", self.kinesis_schema))
+                  for k, v in (("schema", self.schema), ("mv", self.mv), ("kinesis_schema", self.kinesis_schema),
+                                 ("reader_role", self.reader_role))
                   if not _IDENTIFIER.match(v)]
         if not re.match(r"^[A-Za-z0-9_.-]{1,128}$", self.stream_name):
             errors.append(f"stream_name {self.stream_name!r} is not a Kinesis stream name")
@@ -51,6 +56,9 @@ class ModelNames:
 
 
 SKIP_IF_EXISTS = "-- clickstream: skip-if-exists"
+# Consecutive statements from files holding this marker are sent as one BatchExecuteStatement,
+# which the Data API runs as one transaction (all or nothing).
+TRANSACTION = "-- clickstream: transaction"
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,10 @@ class Statement:
     sql: str
     # The workflow treats "already exists" as done (for statements with no IF NOT EXISTS form).
     skip_if_exists: bool = False
+    # Part of the transaction formed by the consecutive statements that also have it set.
+    transaction: bool = False
+    # Not part of the local (DuckDB) model.
+    redshift_only: bool = False
 
 
 def fill(text: str, names: ModelNames) -> str:
@@ -95,7 +107,10 @@ def redshift_statements(phase: str, names: ModelNames) -> list[Statement]:
     for path in files(phase):
         text = path.read_text()
         for i, sql in enumerate(split_statements(fill(text, names)), 1):
-            out.append(Statement(f"{phase}/{path.name}#{i}", sql, SKIP_IF_EXISTS in text))
+            name = f"{phase}/{path.name}"
+            out.append(Statement(f"{name}#{i}", sql, skip_if_exists=SKIP_IF_EXISTS in text,
+                                 transaction=TRANSACTION in text,
+                                 redshift_only=name in REDSHIFT_ONLY or REDSHIFT_ONLY_MARKER in text))
     return out
 
 
@@ -158,7 +173,7 @@ def duckdb_statements(phase: str, names: ModelNames) -> list[Statement]:
                 out.append(Statement(f"duckdb/{path.name}#{i}", sql))
     staging = f"{names.schema}.staging"
     for stmt in redshift_statements(phase, names):
-        if stmt.name.split("#")[0] in REDSHIFT_ONLY:
+        if stmt.redshift_only:
             continue
         sql = transpile(stmt.sql)
         # Locally the per-run snapshot lives in memory: a TEMP table is never written to the file,

@@ -99,3 +99,23 @@ def test_sql_lists_agree_with_the_contract():
     routes = re.search(r"o\.route IN \(([^)]*)\)", pending).group(1)
     short = [r for r in contract.SINGLE_ROUTES if len(r) == 1] + [r for r in contract.BATCH_ROUTES if len(r) == 1]
     assert sorted(r.strip(" '") for r in routes.split(",")) == sorted(short)
+
+
+def test_file_markers_set_statement_flags(tmp_path, monkeypatch):
+    from clickstream import sqlmodel
+
+    folder = tmp_path / "redshift" / "refresh"
+    folder.mkdir(parents=True)
+    (folder / "010_plain.sql").write_text("SELECT 1;\n")
+    (folder / "020_merge.sql").write_text(f"{sqlmodel.TRANSACTION}\nSELECT 2;\nSELECT 3;\n")
+    (folder / "030_grants.sql").write_text(f"{sqlmodel.REDSHIFT_ONLY_MARKER}\nGRANT USAGE ON SCHEMA s TO ROLE r;\n")
+    monkeypatch.setattr(sqlmodel, "SQL_DIR", tmp_path)
+    statements = sqlmodel.redshift_statements("refresh", sqlmodel.ModelNames())
+    assert [(s.name, s.transaction, s.redshift_only) for s in statements] == [
+        ("refresh/010_plain.sql#1", False, False),
+        ("refresh/020_merge.sql#1", True, False),
+        ("refresh/020_merge.sql#2", True, False),
+        ("refresh/030_grants.sql#1", False, True),
+    ]
+    assert [s.name for s in sqlmodel.duckdb_statements("refresh", sqlmodel.ModelNames())] == [
+        "refresh/010_plain.sql#1", "refresh/020_merge.sql#1", "refresh/020_merge.sql#2"]

@@ -26,9 +26,9 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-## Synthesize the CDK app (templates in cdk.out/), offline.
+## Synthesize the CDK app (templates in cdk.out/), offline; a throwaway key stands in for your writeKeys.
 synth: $(VENV)/.installed-dev node_modules/.installed
-	npx cdk synth -q --no-notices
+	npx cdk synth -q --no-notices -c 'writeKeys={"synth-check-key-1":"web"}'
 
 ## Start the local pipeline with a dev write key and print how to send events.
 run: $(VENV)/.installed-run

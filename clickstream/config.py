@@ -38,7 +38,15 @@ DEFAULTS: dict[str, Any] = {
     "redshiftDatabase": "dev",
     "redshiftSecretArn": "",
     "redshiftDbUser": "",
-    "createServerless": False,
+    "createServerless": True,
+    "serverlessBaseCapacity": 8,
+    "serverlessMaxCapacity": 32,
+    "serverlessUsageLimitRpuHours": 1500,
+    "serverlessUsageLimitPeriod": "monthly",
+    "serverlessUsageLimitAction": "emit-metric",
+    "redshiftSubnetIds": [],
+    "redshiftSecurityGroupIds": [],
+    "redshiftDbRoles": "sys:dba",
     "kinesisSchema": _MODEL.kinesis_schema,
     "clickstreamSchema": _MODEL.schema,
     "clickstreamMaterializedView": _MODEL.mv,
@@ -46,6 +54,13 @@ DEFAULTS: dict[str, Any] = {
     "replayMaxConcurrency": 10,
     "replayToleratedFailurePercentage": 0,
 }
+
+
+# The example keys cdk.json ships with: a deploy with them would accept anyone who read the README.
+PLACEHOLDER_KEY_PREFIX = "REPLACE-"
+PLACEHOLDER_KEYS_MESSAGE = ("writeKeys: cdk.json still holds the example keys (REPLACE-...): set `writeKeys` to your "
+                            "own keys, in cdk.json or with -c 'writeKeys={\"<your key>\": \"web\"}'")
+SERVERLESS_BASE_CAPACITIES = (4, *range(8, 513, 8))  # RPUs: 4, or 8 to 512 in steps of 8
 
 
 class ConfigError(ValueError):
@@ -75,12 +90,25 @@ class Settings:
     redshift_secret_arn: str
     redshift_db_user: str
     create_serverless: bool
+    serverless_base_capacity: int
+    serverless_max_capacity: int
+    serverless_usage_limit_rpu_hours: int
+    serverless_usage_limit_period: str
+    serverless_usage_limit_action: str
+    redshift_subnet_ids: tuple[str, ...]
+    redshift_security_group_ids: tuple[str, ...]
+    redshift_db_roles: str
     kinesis_schema: str
     clickstream_schema: str
     clickstream_materialized_view: str
     refresh_schedule: str
     replay_max_concurrency: int
     replay_tolerated_failure_percentage: int
+
+    @property
+    def creates_serverless(self) -> bool:
+        """True when the stack creates the namespace and workgroup (the default)."""
+        return self.redshift_mode == "serverless" and self.create_serverless
 
     @property
     def model_names(self) -> ModelNames:
@@ -133,10 +161,13 @@ def load_settings(get: Callable[[str], Any] | Mapping[str, Any]) -> Settings:
         values[key] = default if raw is None else _coerce(key, raw, default, errors)
 
     v = values
-    try:
-        contract.parse_write_keys(v["writeKeys"])
-    except contract.WriteKeyError as exc:
-        errors.append(f"writeKeys: {exc}")
+    if any(str(key).startswith(PLACEHOLDER_KEY_PREFIX) for key in v["writeKeys"]):
+        errors.append(PLACEHOLDER_KEYS_MESSAGE)
+    else:
+        try:
+            contract.parse_write_keys(v["writeKeys"])
+        except contract.WriteKeyError as exc:
+            errors.append(f"writeKeys: {exc}")
     if v["streamMode"] not in ("ON_DEMAND", "PROVISIONED"):
         errors.append(f"streamMode: must be ON_DEMAND or PROVISIONED, got {v['streamMode']!r}")
     if not 1 <= v["shardCount"] <= 500:
@@ -171,7 +202,27 @@ def load_settings(get: Callable[[str], Any] | Mapping[str, Any]) -> Settings:
     if v["redshiftMode"] == "provisioned" and not (v["redshiftSecretArn"] or v["redshiftDbUser"]):
         errors.append("redshiftSecretArn/redshiftDbUser: a provisioned cluster needs one of them")
     if v["redshiftMode"] == "provisioned" and v["createServerless"]:
-        errors.append("createServerless: only with redshiftMode serverless")
+        errors.append("createServerless: set it to false with redshiftMode provisioned (the stack never creates "
+                      "a cluster; it uses the one named by redshiftName)")
+    base, most = v["serverlessBaseCapacity"], v["serverlessMaxCapacity"]
+    if base not in SERVERLESS_BASE_CAPACITIES:
+        errors.append(f"serverlessBaseCapacity: 4, or 8 to 512 in steps of 8 RPUs, got {base}")
+    if most and not (base <= most <= 5632 and most % 8 == 0):
+        errors.append(f"serverlessMaxCapacity: a multiple of 8 from serverlessBaseCapacity to 5632 RPUs "
+                      f"(0 = no cap), got {most}")
+    if v["serverlessUsageLimitRpuHours"] < 0:
+        errors.append(f"serverlessUsageLimitRpuHours: RPU-hours per period, 0 = no limit, "
+                      f"got {v['serverlessUsageLimitRpuHours']}")
+    if v["serverlessUsageLimitPeriod"] not in ("daily", "weekly", "monthly"):
+        errors.append(f"serverlessUsageLimitPeriod: daily, weekly or monthly, got {v['serverlessUsageLimitPeriod']!r}")
+    if v["serverlessUsageLimitAction"] not in ("log", "emit-metric", "deactivate"):
+        errors.append("serverlessUsageLimitAction: log, emit-metric or deactivate, "
+                      f"got {v['serverlessUsageLimitAction']!r}")
+    for key, prefix in (("redshiftSubnetIds", "subnet"), ("redshiftSecurityGroupIds", "sg")):
+        if not all(isinstance(x, str) and re.match(rf"^{prefix}-[0-9a-f]{{8,17}}$", x) for x in v[key]):
+            errors.append(f"{key}: a list of ids like {prefix}-0123abcd, got {v[key]!r}")
+    if not re.match(r"^[A-Za-z0-9_:.+=@-]{1,256}$", v["redshiftDbRoles"]):
+        errors.append(f"redshiftDbRoles: database roles separated by ':' (e.g. sys:dba), got {v['redshiftDbRoles']!r}")
     if not re.match(r"^[a-z][a-z0-9-]{2,63}$", v["redshiftName"]):
         errors.append(f"redshiftName: lower-case letters, digits and '-', 3-64 long, got {v['redshiftName']!r}")
     if not re.match(r"^[a-z_][a-z0-9_$]{0,126}$", v["redshiftDatabase"]):

@@ -2,7 +2,10 @@
 
 - Run the setup workflow on ``cdk deploy`` and fail the deploy with its error.
 - Associate the streaming-ingestion role with an existing cluster or Serverless namespace without
-  dropping the roles already there (UpdateNamespace replaces the whole list).
+  dropping the roles already there (UpdateNamespace replaces the whole list), then wait until its
+  apply status is ``in-sync``: a role is usable by ``CREATE EXTERNAL SCHEMA ... IAM_ROLE`` only then
+  (https://docs.aws.amazon.com/redshift/latest/dg/materialized-view-streaming-ingestion-getting-started.html),
+  so setup must not start before.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from typing import Any
 
 TERMINAL_FAILURES = ("FAILED", "TIMED_OUT", "ABORTED")
 _ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
+# Serverless lists roles as "IamRole(applyStatus=in-sync, iamRoleArn=arn:...)".
+_SERVERLESS_ROLE = re.compile(r"applyStatus=([\w-]+),\s*iamRoleArn=(arn:[^)\s,]+)")
+IN_SYNC = "in-sync"
 
 
 class SetupFailed(RuntimeError):
@@ -62,3 +68,54 @@ def associate_role(client: Any, mode: str, name: str, role_arn: str, *, remove: 
     if wanted != current:
         client.update_namespace(namespaceName=namespace, iamRoles=wanted)
     return wanted
+
+
+def role_apply_status(client: Any, mode: str, name: str, role_arn: str) -> str | None:
+    """The apply status of ``role_arn`` on the cluster or the workgroup's namespace (None: not listed)."""
+    if mode == "provisioned":
+        [cluster] = client.describe_clusters(ClusterIdentifier=name)["Clusters"]
+        return next((r.get("ApplyStatus") for r in cluster.get("IamRoles", []) if r["IamRoleArn"] == role_arn), None)
+    namespace = client.get_workgroup(workgroupName=name)["workgroup"]["namespaceName"]
+    for entry in client.get_namespace(namespaceName=namespace)["namespace"].get("iamRoles", []):
+        if isinstance(entry, dict):  # the documented shape, should the service return one
+            status, arn = entry.get("applyStatus"), entry.get("iamRoleArn")
+        else:
+            found = _SERVERLESS_ROLE.search(entry)
+            status, arn = (found.group(1), found.group(2)) if found else (None, None)
+        if arn == role_arn:
+            return status
+    return None
+
+
+def role_in_sync(client: Any, mode: str, name: str, role_arn: str) -> bool:
+    """True once Redshift applied the association; False while it is adding it."""
+    return role_apply_status(client, mode, name, role_arn) == IN_SYNC
+
+
+def apply_usage_limit(client: Any, request: str, props: dict[str, Any], limit_id: str | None) -> str | None:
+    """Create, update or delete the workgroup's RPU-hour limit (CloudFormation has no resource type
+    for it); returns the usage limit id, the custom resource's physical id.
+
+    A new period or workgroup creates a new limit and returns its id: CloudFormation then deletes the
+    old one (a changed physical id means replacement). Deleting one that is gone is not an error.
+    https://docs.aws.amazon.com/redshift-serverless/latest/APIReference/API_CreateUsageLimit.html
+    """
+    if request == "Delete":
+        if limit_id and not limit_id.startswith("none"):
+            try:
+                client.delete_usage_limit(usageLimitId=limit_id)
+            except client.exceptions.ResourceNotFoundException:
+                pass
+            except client.exceptions.ValidationException:  # an id from a create that failed
+                pass
+        return limit_id
+    old = props.get("_Old") or {}
+    same = old.get("Period") == props["Period"] and old.get("ResourceArn") == props["ResourceArn"]
+    if request == "Update" and limit_id and same:
+        client.update_usage_limit(usageLimitId=limit_id, amount=int(props["Amount"]),
+                                  breachAction=props["BreachAction"])
+        return limit_id
+    created = client.create_usage_limit(resourceArn=props["ResourceArn"], usageType="serverless-compute",
+                                        amount=int(props["Amount"]), period=props["Period"],
+                                        breachAction=props["BreachAction"])
+    return created["usageLimit"]["usageLimitId"]

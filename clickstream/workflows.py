@@ -3,7 +3,14 @@
 The ASL stays valid JSON with ``"${Name}"`` placeholders. :func:`render` replaces a string that is
 exactly a placeholder by any JSON value, a placeholder inside a string by text, and the key
 ``"${ConnectionParameters}"`` by the Data API connection fields for the configured Redshift. The
-warehouse stack deploys what this returns and the tests execute the same in moto.
+warehouse stack deploys what this returns (with ``${Partition}`` as ``AWS::Partition``) and the
+tests execute the same in moto.
+
+The run-statements workflow sends each statement as one ``ExecuteStatement`` (its own session and
+commit), except that consecutive statements marked ``transaction`` go together as one
+``BatchExecuteStatement``, which the Data API runs as a single transaction
+(https://docs.aws.amazon.com/redshift/latest/mgmt/data-api.html,
+https://docs.aws.amazon.com/redshift-data/latest/APIReference/API_BatchExecuteStatement.html).
 """
 
 from __future__ import annotations
@@ -13,12 +20,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from clickstream.sqlmodel import ModelNames, redshift_statements
+from clickstream.sqlmodel import ModelNames, Statement, redshift_statements
 
 STATEMACHINES_DIR = Path(__file__).resolve().parent.parent / "statemachines"
 RUN_STATEMENTS = "run-statements.asl.json"
 REPLAY = "replay.asl.json"
 DEFAULT_POLL_SECONDS = 5
+# BatchExecuteStatement takes 1-40 SQL statements (API_BatchExecuteStatement, "Sqls").
+MAX_BATCH_STATEMENTS = 40
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 
 
@@ -53,17 +62,53 @@ def _fill(node: Any, values: dict[str, Any]) -> Any:
     return node
 
 
+def steps(statements: list[Statement]) -> list[dict[str, Any]]:
+    """The items the workflow's Map runs, in order: one per statement, except that a run of
+    consecutive ``transaction`` statements is one item whose ``sqls`` go in one BatchExecuteStatement.
+
+    A batch is all or nothing, so "already exists" is never treated as done inside one.
+    """
+    out: list[dict[str, Any]] = []
+    group: list[Statement] = []
+
+    def close() -> None:
+        if not group:
+            return
+        if len(group) > MAX_BATCH_STATEMENTS:
+            raise ValueError(f"{group[0].name}: {len(group)} consecutive transaction statements; "
+                             f"BatchExecuteStatement takes at most {MAX_BATCH_STATEMENTS}")
+        name = group[0].name if len(group) == 1 else f"{group[0].name} .. {group[-1].name}"
+        out.append({"name": name, "sqls": [s.sql for s in group], "transaction": True, "skipIfExists": False})
+        group.clear()
+
+    for statement in statements:
+        if statement.transaction:
+            group.append(statement)
+            continue
+        close()
+        out.append({"name": statement.name, "sqls": [statement.sql], "transaction": False,
+                    "skipIfExists": statement.skip_if_exists})
+    close()
+    return out
+
+
 def statements_for(phase: str, names: ModelNames) -> list[dict[str, Any]]:
-    return [{"name": s.name, "sql": s.sql, "skipIfExists": s.skip_if_exists}
-            for s in redshift_statements(phase, names)]
+    """The workflow items for ``phase`` of ``sql/redshift``."""
+    return steps(redshift_statements(phase, names))
 
 
 def render(phase: str, names: ModelNames, connection: dict[str, str],
-           poll_seconds: int = DEFAULT_POLL_SECONDS) -> dict[str, Any]:
-    """The run-statements state machine for ``phase`` ("setup" or "refresh")."""
+           poll_seconds: int = DEFAULT_POLL_SECONDS, *, partition: str = "aws",
+           statements: list[Statement] | None = None) -> dict[str, Any]:
+    """The run-statements state machine for ``phase`` ("setup" or "refresh").
+
+    ``partition`` goes into the service-integration ARNs (the stack passes ``AWS::Partition``);
+    ``statements`` replaces the phase's files (tests use it to run hand-made statements).
+    """
     asl = json.loads((STATEMACHINES_DIR / RUN_STATEMENTS).read_text())
-    values = {"Statements": statements_for(phase, names), "ConnectionParameters": connection,
-              "PollSeconds": poll_seconds}
+    items = steps(statements if statements is not None else redshift_statements(phase, names))
+    values = {"Statements": items, "ConnectionParameters": connection, "PollSeconds": poll_seconds,
+              "Partition": partition}
     return _fill(asl, values)
 
 

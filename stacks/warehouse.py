@@ -1,9 +1,13 @@
 """ClickstreamWarehouse: Redshift streaming ingestion set up and refreshed by Step Functions.
 
-The setup and refresh workflows run the statements of ``sql/redshift`` through the Redshift Data
-API (``statemachines/run-statements.asl.json``, filled by ``clickstream.workflows``). Setup runs on
-every deploy (a custom resource waits for it and fails the deploy with its error); refresh runs on
-an EventBridge schedule.
+By default the stack creates a Redshift Serverless namespace and workgroup (small base capacity,
+capped maximum, an RPU-hour usage limit); ``createServerless=false`` uses an existing workgroup or
+cluster named ``redshiftName`` instead. The setup and refresh workflows run the statements of
+``sql/redshift`` through the Redshift Data API (``statemachines/run-statements.asl.json``, filled
+by ``clickstream.workflows``) as ONE IAM role, so one database user owns everything setup creates
+and may refresh the materialized view (only its owner can). Setup runs on every deploy whose inputs
+changed (a custom resource waits for it and fails the deploy with its error), after the streaming
+role's association is in-sync; refresh runs on an EventBridge schedule. docs/deploy.md explains it.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_redshiftserverless as rss
-from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import custom_resources as cr
@@ -31,6 +35,17 @@ from clickstream.sqlmodel import ModelNames
 from stacks.functions import python_function
 from stacks.storage import StorageStack
 
+# The database role whose tag maps the workflows' IAM role to database roles on Serverless.
+# https://docs.aws.amazon.com/redshift/latest/mgmt/redshift-iam-access-federated-db-roles.html
+DB_ROLES_TAG = "RedshiftDbRoles"
+# Stands in for the streaming role's ARN in the setup digest (the real ARN is its own property).
+ROLE_STAND_IN = "${StreamingRoleArn}"
+
+
+def _service(name: str) -> iam.ServicePrincipal:
+    """A service principal that may act for this account only (confused-deputy guard)."""
+    return iam.ServicePrincipal(name, conditions={"StringEquals": {"aws:SourceAccount": cdk.Aws.ACCOUNT_ID}})
+
 
 class WarehouseStack(cdk.Stack):
     def __init__(self, scope: Construct, construct_id: str, *, settings: Settings, storage: StorageStack,
@@ -38,10 +53,14 @@ class WarehouseStack(cdk.Stack):
         super().__init__(scope, construct_id, **kwargs)
         self.settings = settings
 
-        # The role Redshift assumes to read the stream (streaming ingestion), least privilege.
-        self.streaming_role = iam.Role(self, "StreamingIngestionRole",
-                                       assumed_by=iam.ServicePrincipal("redshift.amazonaws.com"),
-                                       description="Redshift streaming ingestion from the clickstream stream")
+        # The role Redshift assumes to read the stream (streaming ingestion), least privilege. Provisioned
+        # clusters assume it as redshift.amazonaws.com, Serverless as redshift-serverless.amazonaws.com.
+        # https://docs.aws.amazon.com/redshift/latest/dg/materialized-view-streaming-ingestion-getting-started.html
+        self.streaming_role = iam.Role(
+            self, "StreamingIngestionRole", assumed_by=_service("redshift.amazonaws.com"),
+            description="Redshift streaming ingestion from the clickstream stream")
+        self.streaming_role.assume_role_policy.add_statements(iam.PolicyStatement(
+            actions=["sts:AssumeRole"], principals=[_service("redshift-serverless.amazonaws.com")]))
         self.streaming_role.add_to_policy(iam.PolicyStatement(
             actions=["kinesis:DescribeStreamSummary", "kinesis:GetShardIterator", "kinesis:GetRecords",
                      "kinesis:DescribeStream", "kinesis:ListShards"],
@@ -49,16 +68,33 @@ class WarehouseStack(cdk.Stack):
         self.streaming_role.add_to_policy(iam.PolicyStatement(actions=["kinesis:ListStreams"], resources=["*"]))
         storage.key.grant_decrypt(self.streaming_role)
 
-        self.target = self._redshift(settings)
-        names = ModelNames(schema=settings.clickstream_schema, mv=settings.clickstream_materialized_view,
-                           kinesis_schema=settings.kinesis_schema, stream_name=settings.stream_name,
-                           iam_role=self.streaming_role.role_arn)
-        connection = workflows.connection_parameters(
+        # The one identity both workflows run as: it owns what setup creates and refreshes the view.
+        self.workflow_role = iam.Role(
+            self, "WorkflowRole", assumed_by=_service("states.amazonaws.com"),
+            description="Clickstream warehouse setup and refresh: the database identity of both workflows")
+        self.secret_arn = settings.redshift_secret_arn
+        if settings.redshift_mode == "serverless" and not self.secret_arn:
+            # The Data API signs in as IAMR:<role name>, a member of these database roles.
+            cdk.Tags.of(self.workflow_role).add(DB_ROLES_TAG, settings.redshift_db_roles)
+
+        self.redshift_hooks = self._redshift_hooks(settings)
+        self.workgroup: rss.CfnWorkgroup | None = None
+        if settings.creates_serverless:
+            self.workgroup = self._create_serverless(settings)
+        self.association = self._associate_role(settings)
+
+        self.names = ModelNames(schema=settings.clickstream_schema, mv=settings.clickstream_materialized_view,
+                                kinesis_schema=settings.kinesis_schema, stream_name=settings.stream_name,
+                                iam_role=self.streaming_role.role_arn)
+        self.connection = workflows.connection_parameters(
             settings.redshift_mode, settings.redshift_name, settings.redshift_database,
             secret_arn=self.secret_arn, db_user=settings.redshift_db_user)
+        self._grant_database_access()
 
-        self.setup = self._workflow("Setup", workflows.render("setup", names, connection))
-        self.refresh = self._workflow("Refresh", workflows.render("refresh", names, connection))
+        self.setup = self._workflow("Setup", workflows.render("setup", self.names, self.connection,
+                                                              partition=cdk.Aws.PARTITION))
+        self.refresh = self._workflow("Refresh", workflows.render("refresh", self.names, self.connection,
+                                                                  partition=cdk.Aws.PARTITION))
 
         self.schedule = events.Rule(self, "RefreshSchedule", schedule=events.Schedule.expression(
             settings.refresh_schedule), description="Refresh the streaming view and merge new events")
@@ -76,58 +112,136 @@ class WarehouseStack(cdk.Stack):
                       description='start with input {} (optional: {"pollSeconds": 5})')
         cdk.CfnOutput(self, "RefreshStateMachine", value=self.refresh.state_machine_arn)
         cdk.CfnOutput(self, "StreamingRoleArn", value=self.streaming_role.role_arn)
+        cdk.CfnOutput(self, "WorkflowRoleArn", value=self.workflow_role.role_arn,
+                      description="the IAM role both workflows run as (its database identity)")
+        if settings.redshift_mode == "serverless" and not self.secret_arn:
+            cdk.CfnOutput(self, "DatabaseUser", value=cdk.Fn.join("", ["IAMR:", self.workflow_role.role_name]),
+                          description="the database user the workflows run as; it owns the clickstream schema")
+        cdk.CfnOutput(self, "ReaderRole", value=self.names.reader_role,
+                      description="database role with read access to the clickstream schema (GRANT it to BI users)")
         self._acknowledge()
 
     # -- Redshift ---------------------------------------------------------------------------
-    def _redshift(self, settings: Settings) -> Construct | None:
-        """Create a Serverless namespace + workgroup, or associate the role with an existing one."""
-        self.secret_arn = settings.redshift_secret_arn
-        if settings.create_serverless:
-            # Admin credentials in Secrets Manager: the Data API signs in with this secret.
-            admin = secretsmanager.Secret(
-                self, "AdminSecret", description="Clickstream Redshift Serverless admin (Data API sign-in)",
-                generate_secret_string=secretsmanager.SecretStringGenerator(
-                    secret_string_template=json.dumps({"username": "admin"}), generate_string_key="password",
-                    exclude_punctuation=True, password_length=32))
-            namespace = rss.CfnNamespace(
-                self, "Namespace", namespace_name=settings.redshift_name, db_name=settings.redshift_database,
-                admin_username="admin",
-                admin_user_password=admin.secret_value_from_json("password").unsafe_unwrap(),
-                iam_roles=[self.streaming_role.role_arn], default_iam_role_arn=self.streaming_role.role_arn)
-            cdk.Validations.of(admin).acknowledge(cdk.Acknowledgment(
-                id="AwsSolutions-SMG4", reason="rotating the namespace admin password needs a rotation function "
-                                               "for Redshift Serverless; rotate it with the console's managed "
-                                               "rotation if your policy requires it"))
-            workgroup = rss.CfnWorkgroup(self, "Workgroup", workgroup_name=settings.redshift_name,
-                                         namespace_name=settings.redshift_name, base_capacity=8,
-                                         publicly_accessible=False)
-            workgroup.add_dependency(namespace)
-            self.secret_arn = self.secret_arn or admin.secret_arn
-            return workgroup
-        handler = python_function(self, "AssociateRole", name="associate_role", handler="on_event",
-                                  modules=["deploy_hooks"])
+    def _create_serverless(self, settings: Settings) -> rss.CfnWorkgroup:
+        """A namespace and a small workgroup with a spending cap.
+
+        The namespace keeps its data on ``cdk destroy`` as a final snapshot named after this stack's
+        id (unique per stack, so a second destroy never collides with the first one's snapshot).
+        With no ``redshiftSubnetIds`` the workgroup gets no SubnetIds and Redshift Serverless places
+        it in the account's default VPC, as the console's default settings do
+        (https://docs.aws.amazon.com/redshift/latest/gsg/new-user-serverless.html); nothing is looked up at synth.
+        """
+        stack_uuid = cdk.Fn.select(2, cdk.Fn.split("/", cdk.Aws.STACK_ID))
+        namespace = rss.CfnNamespace(
+            self, "Namespace", namespace_name=settings.redshift_name, db_name=settings.redshift_database,
+            # An admin user for people, its password generated and kept by Redshift in Secrets Manager; the
+            # workflows never use it (they sign in with their IAM role).
+            admin_username="admin", manage_admin_password=True,
+            iam_roles=[self.streaming_role.role_arn], default_iam_role_arn=self.streaming_role.role_arn,
+            final_snapshot_name=cdk.Fn.join("-", [settings.redshift_name, "final", stack_uuid]))
+        namespace.apply_removal_policy(cdk.RemovalPolicy.DESTROY)  # after the final snapshot above
+        workgroup = rss.CfnWorkgroup(
+            self, "Workgroup", workgroup_name=settings.redshift_name, namespace_name=settings.redshift_name,
+            base_capacity=settings.serverless_base_capacity,
+            max_capacity=settings.serverless_max_capacity or None,
+            subnet_ids=list(settings.redshift_subnet_ids) or None,
+            security_group_ids=list(settings.redshift_security_group_ids) or None,
+            publicly_accessible=False)
+        workgroup.add_dependency(namespace)
+        if settings.serverless_usage_limit_rpu_hours:
+            # CloudFormation has no usage-limit type: a custom resource calls CreateUsageLimit.
+            # https://docs.aws.amazon.com/redshift-serverless/latest/APIReference/API_CreateUsageLimit.html
+            limit = cdk.CustomResource(
+                self, "UsageLimit", service_token=self.redshift_hooks.service_token,
+                resource_type="Custom::ServerlessUsageLimit",
+                properties={"ResourceArn": workgroup.attr_workgroup_workgroup_arn,
+                            "Amount": settings.serverless_usage_limit_rpu_hours,
+                            "Period": settings.serverless_usage_limit_period,
+                            "BreachAction": settings.serverless_usage_limit_action})
+            limit.node.add_dependency(workgroup)
+        cdk.CfnOutput(self, "WorkgroupName", value=settings.redshift_name)
+        return workgroup
+
+    def _redshift_hooks(self, settings: Settings) -> cr.Provider:
+        """The provider of the Redshift-side custom resources: the role association (which completes
+        only once the role is in-sync) and the usage limit."""
+        handlers = {kind: python_function(self, f"AssociateRole{suffix}", name="associate_role", handler=kind,
+                                          modules=["deploy_hooks"])
+                    for kind, suffix in (("on_event", ""), ("is_complete", "IsComplete"))}
         if settings.redshift_mode == "provisioned":
-            handler.add_to_role_policy(iam.PolicyStatement(
-                actions=["redshift:ModifyClusterIamRoles"],
-                resources=[self.format_arn(service="redshift", resource="cluster", resource_name=settings.redshift_name,
-                                           arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)]))
+            handlers["on_event"].add_to_role_policy(iam.PolicyStatement(
+                actions=["redshift:ModifyClusterIamRoles"], resources=[self._cluster_arn()]))
+            handlers["is_complete"].add_to_role_policy(iam.PolicyStatement(
+                actions=["redshift:DescribeClusters"], resources=[self._cluster_arn()]))
         else:
-            handler.add_to_role_policy(iam.PolicyStatement(
-                actions=["redshift-serverless:GetWorkgroup", "redshift-serverless:GetNamespace",
-                         "redshift-serverless:UpdateNamespace"],
+            read = ["redshift-serverless:GetWorkgroup", "redshift-serverless:GetNamespace"]
+            resources = [self.format_arn(service="redshift-serverless", resource="workgroup", resource_name="*"),
+                         self.format_arn(service="redshift-serverless", resource="namespace", resource_name="*")]
+            handlers["is_complete"].add_to_role_policy(iam.PolicyStatement(actions=read, resources=resources))
+            handlers["on_event"].add_to_role_policy(iam.PolicyStatement(
+                actions=[*read, "redshift-serverless:UpdateNamespace"], resources=resources))
+        if settings.creates_serverless and settings.serverless_usage_limit_rpu_hours:
+            handlers["on_event"].add_to_role_policy(iam.PolicyStatement(
+                actions=["redshift-serverless:CreateUsageLimit", "redshift-serverless:UpdateUsageLimit",
+                         "redshift-serverless:DeleteUsageLimit"],
                 resources=[self.format_arn(service="redshift-serverless", resource="workgroup", resource_name="*"),
-                           self.format_arn(service="redshift-serverless", resource="namespace", resource_name="*")]))
-        handler.add_to_role_policy(iam.PolicyStatement(actions=["iam:PassRole"],
-                                                       resources=[self.streaming_role.role_arn]))
-        provider = cr.Provider(self, "AssociateRoleProvider", on_event_handler=handler,
+                           self.format_arn(service="redshift-serverless", resource="usagelimit",
+                                           resource_name="*")]))
+        handlers["on_event"].add_to_role_policy(iam.PolicyStatement(actions=["iam:PassRole"],
+                                                                    resources=[self.streaming_role.role_arn]))
+        provider = cr.Provider(self, "AssociateRoleProvider", on_event_handler=handlers["on_event"],
+                               is_complete_handler=handlers["is_complete"], query_interval=cdk.Duration.seconds(10),
+                               total_timeout=cdk.Duration.minutes(30),
                                log_group=self._provider_logs("AssociateRoleProviderLogs"))
-        return cdk.CustomResource(self, "StreamingRoleAssociation", service_token=provider.service_token,
-                                  properties={"Mode": settings.redshift_mode, "Name": settings.redshift_name,
-                                              "RoleArn": self.streaming_role.role_arn})
+        self._acknowledge_waiter(provider)
+        return provider
+
+    def _associate_role(self, settings: Settings) -> cdk.CustomResource:
+        """Associate the streaming role with an existing Redshift (or only wait, for a created one);
+        complete when its apply status is in-sync. Setup and the workflows depend on this."""
+        association = cdk.CustomResource(
+            self, "StreamingRoleAssociation", service_token=self.redshift_hooks.service_token,
+            resource_type="Custom::StreamingRoleAssociation",
+            properties={"Mode": settings.redshift_mode, "Name": settings.redshift_name,
+                        "RoleArn": self.streaming_role.role_arn,
+                        "Associate": "false" if settings.creates_serverless else "true"})
+        if self.workgroup is not None:
+            association.node.add_dependency(self.workgroup)
+        return association
+
+    def _cluster_arn(self) -> str:
+        return self.format_arn(service="redshift", resource="cluster", resource_name=self.settings.redshift_name,
+                               arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)
 
     def _provider_logs(self, construct_id: str) -> logs.LogGroup:
         return logs.LogGroup(self, construct_id, retention=logs.RetentionDays.ONE_MONTH,
                              removal_policy=cdk.RemovalPolicy.DESTROY)
+
+    def _grant_database_access(self) -> None:
+        """What the one workflow identity may call: the Data API on this target, and sign-in."""
+        role, target = self.workflow_role, self._data_api_target_arn()
+        role.add_to_policy(iam.PolicyStatement(
+            actions=["redshift-data:ExecuteStatement", "redshift-data:BatchExecuteStatement"], resources=[target]))
+        # Describe is authorised by statement ownership; it has no resource-level permissions.
+        role.add_to_policy(iam.PolicyStatement(actions=["redshift-data:DescribeStatement"], resources=["*"]))
+        # The overlap guard lists the machines' own executions (their ARNs by name: no self-reference).
+        role.add_to_policy(iam.PolicyStatement(actions=["states:ListExecutions"], resources=[
+            self.format_arn(service="states", resource="stateMachine", resource_name=self._machine_name(name),
+                            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME) for name in ("Setup", "Refresh")]))
+        if self.secret_arn:
+            role.add_to_policy(iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"],
+                                                   resources=[self.secret_arn]))
+        elif self.settings.redshift_mode == "serverless":
+            role.add_to_policy(iam.PolicyStatement(actions=["redshift-serverless:GetCredentials"],
+                                                   resources=[target]))
+        else:
+            role.add_to_policy(iam.PolicyStatement(actions=["redshift:GetClusterCredentials"], resources=[
+                self.format_arn(service="redshift", resource="dbuser",
+                                resource_name=f"{self.settings.redshift_name}/{self.settings.redshift_db_user}",
+                                arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME),
+                self.format_arn(service="redshift", resource="dbname",
+                                resource_name=f"{self.settings.redshift_name}/{self.settings.redshift_database}",
+                                arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)]))
 
     # -- workflows --------------------------------------------------------------------------
     def _workflow(self, name: str, asl: dict) -> sfn.StateMachine:
@@ -140,44 +254,34 @@ class WarehouseStack(cdk.Stack):
             state_machine_type=sfn.StateMachineType.STANDARD,
             timeout=cdk.Duration.hours(1),
             tracing_enabled=True,
+            role=self.workflow_role,
             logs=sfn.LogOptions(destination=logs_group, level=sfn.LogLevel.ALL, include_execution_data=False),
             comment=f"Clickstream warehouse {name.lower()}: sql/redshift/{name.lower()} via the Redshift Data API",
         )
-        machine.add_to_role_policy(iam.PolicyStatement(
-            actions=["redshift-data:ExecuteStatement"], resources=[self._data_api_target_arn()]))
-        # Describe is authorised by statement ownership; it has no resource-level permissions.
-        machine.add_to_role_policy(iam.PolicyStatement(actions=["redshift-data:DescribeStatement"],
-                                                       resources=["*"]))
-        # The overlap guard lists this machine's own executions (its ARN by name: no self-reference).
-        machine.add_to_role_policy(iam.PolicyStatement(actions=["states:ListExecutions"], resources=[
-            self.format_arn(service="states", resource="stateMachine", resource_name=self._machine_name(name),
-                            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)]))
-        if self.secret_arn:
-            machine.add_to_role_policy(iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"],
-                                                           resources=[self.secret_arn]))
-        elif self.settings.redshift_mode == "serverless":
-            machine.add_to_role_policy(iam.PolicyStatement(actions=["redshift-serverless:GetCredentials"],
-                                                           resources=[self._data_api_target_arn()]))
-        else:
-            machine.add_to_role_policy(iam.PolicyStatement(actions=["redshift:GetClusterCredentials"], resources=[
-                self.format_arn(service="redshift", resource="dbuser",
-                                resource_name=f"{self.settings.redshift_name}/{self.settings.redshift_db_user}",
-                                arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME),
-                self.format_arn(service="redshift", resource="dbname",
-                                resource_name=f"{self.settings.redshift_name}/{self.settings.redshift_database}",
-                                arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)]))
-        if self.target is not None:
-            machine.node.add_dependency(self.target)
+        machine.node.add_dependency(self.association)
         return machine
 
     def _machine_name(self, name: str) -> str:
         return f"{self.stack_name}-{name}"
 
     def _data_api_target_arn(self) -> str:
+        if self.workgroup is not None:
+            return self.workgroup.attr_workgroup_workgroup_arn
         if self.settings.redshift_mode == "serverless":
             return self.format_arn(service="redshift-serverless", resource="workgroup", resource_name="*")
-        return self.format_arn(service="redshift", resource="cluster", resource_name=self.settings.redshift_name,
-                               arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)
+        return self._cluster_arn()
+
+    def setup_inputs(self) -> dict[str, object]:
+        """Everything setup's outcome depends on: a change to any of them re-runs setup on deploy.
+
+        The statements are rendered with a stand-in for the streaming role's ARN (a token at synth);
+        the ARN itself is a property, so CloudFormation compares the resolved value.
+        """
+        names = ModelNames(**{**self.names.values(), "iam_role": ROLE_STAND_IN})
+        rendered = json.dumps(workflows.statements_for("setup", names), sort_keys=True)
+        return {"StatementsDigest": hashlib.sha256(rendered.encode()).hexdigest(),
+                "Connection": dict(self.connection), "StreamingRoleArn": self.streaming_role.role_arn,
+                "WorkflowRoleArn": self.workflow_role.role_arn}
 
     def _run_setup_on_deploy(self) -> None:
         env = {"SETUP_STATE_MACHINE_ARN": self.setup.state_machine_arn}
@@ -190,15 +294,17 @@ class WarehouseStack(cdk.Stack):
         provider = cr.Provider(self, "RunSetupProvider", on_event_handler=on_event, is_complete_handler=is_complete,
                                query_interval=cdk.Duration.seconds(15), total_timeout=cdk.Duration.minutes(30),
                                log_group=self._provider_logs("RunSetupProviderLogs"))
+        self._acknowledge_waiter(provider)
+        self.setup_resource = cdk.CustomResource(self, "WarehouseSetup", service_token=provider.service_token,
+                                                 properties=self.setup_inputs())
+        self.setup_resource.node.add_dependency(self.association)
+
+    def _acknowledge_waiter(self, provider: cr.Provider) -> None:
         waiter = provider.node.find_child("waiter-state-machine")
         for rule in ("AwsSolutions-SF1", "AwsSolutions-SF2"):
             cdk.Validations.of(waiter).acknowledge(cdk.Acknowledgment(
                 id=rule, reason="the CDK provider framework's internal waiter state machine (it only polls the "
                                 "isComplete function) has no logging or tracing options; our workflows have both"))
-        # The SQL's digest as a property: CloudFormation re-runs setup whenever the model changes.
-        digest = hashlib.sha256(json.dumps(workflows.statements_for("setup", self.settings.model_names)).encode())
-        cdk.CustomResource(self, "WarehouseSetup", service_token=provider.service_token,
-                           properties={"SqlDigest": digest.hexdigest()})
 
     def _acknowledge(self) -> None:
         """Each cdk-nag finding acknowledged by its exact id, with the reason it is acceptable."""
@@ -214,14 +320,17 @@ class WarehouseStack(cdk.Stack):
                             "Data API call names the workgroup explicitly",
             "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:redshift-serverless:<AWS::Region>:<AWS::AccountId>:"
             "namespace/*]": "the namespace of the configured workgroup is looked up at run time",
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:redshift-serverless:<AWS::Region>:<AWS::AccountId>:"
+            "usagelimit/*]": "usage limit ids are generated when the limit is created; the function manages only "
+                             "the one it created (its physical id)",
             "AwsSolutions-L1": "the CDK provider framework picks its own Node.js runtime; ours use Python 3.13, "
                                "the newest the Powertools layer is published for",
         }
         framework = ("the CDK custom-resource provider framework invokes the versions of its handler "
                      "functions (':*') and describes its own waiter executions")
-        for handler in ("AssociateRoleA8A0B11E", "RunSetup6CCE5AD9", "RunSetupIsComplete932C4B7E",
-                        "RunSetupProviderframeworkisCompleteC82C7D1F", "RunSetupProviderframeworkonTimeout1EBB340C"):
-            acks[f"AwsSolutions-IAM5[Resource::<{handler}.Arn>:*]"] = framework
+        for function in self.node.find_all():
+            if isinstance(function, lambda_.CfnFunction):
+                acks[f"AwsSolutions-IAM5[Resource::<{self.get_logical_id(function)}.Arn>:*]"] = framework
         acks["AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:"
              '{"Fn::Select":[6,{"Fn::Split":[":",{"Ref":"Setup1774D09E"}]}]}:*]'] = (
             "the setup-on-deploy check describes executions of the setup state machine only")

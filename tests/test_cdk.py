@@ -304,7 +304,8 @@ def test_cdk_nag_runs_and_fails_on_a_finding(tmp_path):
                     reason="the pinned CDK CLI is installed by `make test` (npm ci)")
 def test_cdk_cli_synthesizes_offline(tmp_path):
     env = {**os.environ, "CDK_DISABLE_CLI_TELEMETRY": "true", "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
-    out = subprocess.run(["npx", "cdk", "synth", "-q", "--no-notices", "-o", str(tmp_path)], cwd=ROOT, env=env,
+    out = subprocess.run(["npx", "cdk", "synth", "-q", "--no-notices", "-o", str(tmp_path),
+                          "-c", "writeKeys=" + json.dumps(KEYS)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert {p.name for p in tmp_path.glob("*.template.json")} == {

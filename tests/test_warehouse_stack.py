@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import boto3
 import pytest
@@ -32,13 +33,17 @@ def machines(template) -> dict[str, dict]:
     return out
 
 
-def definition(props: dict) -> dict:
-    """The ASL as deployed (Fn::Join of literal parts and the streaming role's ARN)."""
+def definition(props: dict, partition: str = "aws") -> dict:
+    """The ASL as deployed (Fn::Join of literal parts, the partition and the streaming role's ARN)."""
     body = props["DefinitionString"]
     if isinstance(body, dict):
-        body = "".join(p if isinstance(p, str) else "arn:aws:iam::123456789012:role/streaming"
-                       for p in body["Fn::Join"][1])
+        body = "".join(p if isinstance(p, str) else partition if p == {"Ref": "AWS::Partition"}
+                       else "arn:aws:iam::123456789012:role/streaming" for p in body["Fn::Join"][1])
     return json.loads(body)
+
+
+def custom_resources(template, kind: str) -> list[dict]:
+    return list(template.find_resources(kind).values())
 
 
 def test_setup_and_refresh_workflows_carry_the_model_in_order(warehouse):
@@ -47,15 +52,29 @@ def test_setup_and_refresh_workflows_carry_the_model_in_order(warehouse):
     assert set(found) == {"ClickstreamWarehouse-Setup", "ClickstreamWarehouse-Refresh"}
     for phase in ("setup", "refresh"):
         asl = definition(found[f"ClickstreamWarehouse-{phase.title()}"])
-        sent = [s["sql"] for s in asl["States"]["Statements"]["Result"]]
+        sent = [sql for item in asl["States"]["Statements"]["Result"] for sql in item["sqls"]]
         assert len(sent) == len(redshift_statements(phase, workflows.ModelNames()))
         assert workflows.dangling_transitions(asl) == []
-        params = asl["States"]["RunEachInOrder"]["Iterator"]["States"]["ExecuteStatement"]["Parameters"]
-        assert params["WorkgroupName"] == "clickstream" and params["Database"] == "dev"
-    setup_sql = "\n".join(s["sql"] for s in definition(found["ClickstreamWarehouse-Setup"])["States"]
-                          ["Statements"]["Result"])
+        iterator = asl["States"]["RunEachInOrder"]["Iterator"]["States"]
+        for task in ("ExecuteStatement", "BatchExecuteStatement"):
+            params = iterator[task]["Parameters"]
+            assert params["WorkgroupName"] == "clickstream" and params["Database"] == "dev"
+    setup_sql = "\n".join(sql for item in definition(found["ClickstreamWarehouse-Setup"])["States"]
+                          ["Statements"]["Result"] for sql in item["sqls"])
     assert "IAM_ROLE 'arn:aws:iam::123456789012:role/streaming'" in setup_sql
     assert 'FROM kinesis."clickstream-events"' in setup_sql
+
+
+def test_workflow_arns_use_the_deployment_partition(warehouse):
+    """aws-cn / aws-us-gov: every service-integration ARN in the ASL takes AWS::Partition."""
+    _, template = warehouse
+    for props in machines(template).values():
+        parts = props["DefinitionString"]["Fn::Join"][1]
+        literal = "".join(p for p in parts if isinstance(p, str))
+        assert "arn:aws:" not in literal
+        asl = definition(props, partition="aws-us-gov")
+        resources = re.findall(r'"Resource": "([^"]+)"', json.dumps(asl))
+        assert len(resources) == 5 and all(r.startswith("arn:aws-us-gov:states:::aws-sdk:") for r in resources)
 
 
 def test_workflows_are_logged_traced_and_alarmed(warehouse):
@@ -79,8 +98,8 @@ def test_refresh_runs_on_the_configured_schedule(warehouse):
 def test_streaming_role_is_least_privilege(warehouse):
     _, template = warehouse
     role = next(r for k, r in template.find_resources("AWS::IAM::Role").items() if k.startswith("StreamingIngestion"))
-    assert role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
-        "Service": "redshift.amazonaws.com"}
+    assert "redshift.amazonaws.com" in role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0][
+        "Principal"]["Service"]
     policy = next(p for k, p in template.find_resources("AWS::IAM::Policy").items()
                   if k.startswith("StreamingIngestionRoleDefaultPolicy"))
     statements = policy["Properties"]["PolicyDocument"]["Statement"]
@@ -93,10 +112,9 @@ def test_streaming_role_is_least_privilege(warehouse):
 
 def test_setup_runs_on_deploy_through_a_waiting_custom_resource(warehouse):
     assembly, template = warehouse
-    custom = template.find_resources("AWS::CloudFormation::CustomResource").values()
-    [setup] = [r for r in custom if "SqlDigest" in r["Properties"]]
-    assert len(setup["Properties"]["SqlDigest"]) == 64
-    [association] = [r for r in custom if "RoleArn" in r["Properties"]]
+    [setup] = custom_resources(template, "AWS::CloudFormation::CustomResource")
+    assert len(setup["Properties"]["StatementsDigest"]) == 64
+    [association] = custom_resources(template, "Custom::StreamingRoleAssociation")
     assert association["Properties"]["Mode"] == "serverless" and association["Properties"]["Name"] == "clickstream"
     functions = template.find_resources("AWS::Lambda::Function")
     handlers = {f["Properties"]["Handler"] for f in functions.values()}
@@ -111,30 +129,175 @@ def test_setup_runs_on_deploy_through_a_waiting_custom_resource(warehouse):
     assert len(assets) == 2 and all((p / "clickstream" / "deploy_hooks.py").exists() for p in assets)
 
 
-def test_create_serverless_makes_namespace_with_the_role(tmp_path):
+def test_default_deploy_creates_a_small_capped_serverless_warehouse(warehouse):
+    """A fresh account has no workgroup to look up: by default the stack creates one, small and capped,
+    in the default VPC (no SubnetIds), and keeps the data as a final snapshot on delete."""
+    _, t = warehouse
+    [ns] = t.find_resources("AWS::RedshiftServerless::Namespace").values()
+    props = ns["Properties"]
+    assert props["NamespaceName"] == "clickstream" and props["DbName"] == "dev"
+    assert props["ManageAdminPassword"] is True and "AdminUserPassword" not in props
+    assert "StreamingIngestionRole" in json.dumps(props["IamRoles"])
+    # a final snapshot named after the stack's unique id: a second destroy never collides with the first
+    assert props["FinalSnapshotName"] == {"Fn::Join": ["-", ["clickstream-final", {"Fn::Select": [
+        2, {"Fn::Split": ["/", {"Ref": "AWS::StackId"}]}]}]]}
+    [wg] = t.find_resources("AWS::RedshiftServerless::Workgroup").values()
+    assert wg["Properties"] == {"WorkgroupName": "clickstream", "NamespaceName": "clickstream", "BaseCapacity": 8,
+                                "MaxCapacity": 32, "PubliclyAccessible": False}
+    [limit] = custom_resources(t, "Custom::ServerlessUsageLimit")
+    assert {k: limit["Properties"][k] for k in ("Amount", "Period", "BreachAction")} == {
+        "Amount": 1500, "Period": "monthly", "BreachAction": "emit-metric"}
+    assert limit["Properties"]["ResourceArn"] == {"Fn::GetAtt": ["Workgroup", "Workgroup.WorkgroupArn"]}
+    # the role association only waits for in-sync here (the namespace was created with the role)
+    [association] = custom_resources(t, "Custom::StreamingRoleAssociation")
+    assert association["Properties"]["Associate"] == "false" and association["DependsOn"] == ["Workgroup"]
+
+
+def test_capacity_network_and_limit_are_configurable(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
 
-    assembly, templates = synth(tmp_path, createServerless="true")
+    assembly, templates = synth(tmp_path, serverlessBaseCapacity="32", serverlessMaxCapacity="64",
+                                serverlessUsageLimitRpuHours="100", serverlessUsageLimitPeriod="daily",
+                                serverlessUsageLimitAction="deactivate",
+                                redshiftSubnetIds='["subnet-0a1b2c3d", "subnet-0c2d3e4f", "subnet-0e3f4a5b"]',
+                                redshiftSecurityGroupIds='["sg-0123abcd"]')
+    t = templates["ClickstreamWarehouse"]
+    [wg] = t.find_resources("AWS::RedshiftServerless::Workgroup").values()
+    assert wg["Properties"]["BaseCapacity"] == 32 and wg["Properties"]["MaxCapacity"] == 64
+    assert wg["Properties"]["SubnetIds"] == ["subnet-0a1b2c3d", "subnet-0c2d3e4f", "subnet-0e3f4a5b"]
+    assert wg["Properties"]["SecurityGroupIds"] == ["sg-0123abcd"]
+    [limit] = custom_resources(t, "Custom::ServerlessUsageLimit")
+    assert (limit["Properties"]["Amount"], limit["Properties"]["Period"], limit["Properties"]["BreachAction"]) == (
+        100, "daily", "deactivate")
     lint = subprocess.run([str(Path(sys.executable).with_name("cfn-lint")), "-i", "W3005", "W7001", "--",
                            str(Path(assembly.directory) / "ClickstreamWarehouse.template.json")],
                           capture_output=True, text=True)
-    assert lint.returncode == 0, lint.stdout  # e.g. the namespace's admin secret attribute exists
+    assert lint.returncode == 0, lint.stdout
+
+
+def test_an_existing_workgroup_is_used_when_configured(tmp_path):
+    _, templates = synth(tmp_path, createServerless="false", redshiftName="analytics")
     t = templates["ClickstreamWarehouse"]
-    [ns] = t.find_resources("AWS::RedshiftServerless::Namespace").values()
-    assert "resolve:secretsmanager" in json.dumps(ns["Properties"]["AdminUserPassword"])
-    assert "StreamingIngestionRole" in json.dumps(ns["Properties"]["IamRoles"])
-    assert t.find_resources("AWS::RedshiftServerless::Workgroup")
-    custom = t.find_resources("AWS::CloudFormation::CustomResource").values()
-    assert not [r for r in custom if "RoleArn" in r["Properties"]]  # no association needed: created with it
-    # the Data API uses the namespace's managed admin secret
-    assert "SecretArn" in json.dumps(machines(t)["ClickstreamWarehouse-Setup"]["DefinitionString"])
+    assert not t.find_resources("AWS::RedshiftServerless::Namespace")
+    assert not t.find_resources("AWS::RedshiftServerless::Workgroup")
+    assert not custom_resources(t, "Custom::ServerlessUsageLimit")
+    [association] = custom_resources(t, "Custom::StreamingRoleAssociation")
+    assert association["Properties"]["Associate"] == "true" and association["Properties"]["Name"] == "analytics"
+    policies = json.dumps(t.find_resources("AWS::IAM::Policy"))
+    assert "redshift-serverless:UpdateNamespace" in policies and "iam:PassRole" in policies
+    params = definition(machines(t)["ClickstreamWarehouse-Setup"])["States"]["RunEachInOrder"]["Iterator"][
+        "States"]["ExecuteStatement"]["Parameters"]
+    assert params == {"WorkgroupName": "analytics", "Database": "dev", "Sql.$": "$.sqls[0]",
+                      "StatementName.$": "$.name"}
+
+
+def test_placeholder_write_keys_fail_synth_with_the_exact_message(tmp_path):
+    import app as app_module
+    from clickstream.config import PLACEHOLDER_KEYS_MESSAGE, ConfigError, load_settings
+    from tests.test_cdk import CONTEXT
+
+    assert PLACEHOLDER_KEYS_MESSAGE == (
+        "writeKeys: cdk.json still holds the example keys (REPLACE-...): set `writeKeys` to your own keys, in "
+        "cdk.json or with -c 'writeKeys={\"<your key>\": \"web\"}'")
+    assert all(key.startswith("REPLACE-") for key in CONTEXT["writeKeys"])  # what cdk.json ships
+    with pytest.raises(SystemExit) as info:
+        app_module.build_app(cdk.App(context=dict(CONTEXT), outdir=str(tmp_path)))
+    assert str(info.value) == f"clickstream: invalid configuration:\n  - {PLACEHOLDER_KEYS_MESSAGE}"
+    with pytest.raises(ConfigError, match="set `writeKeys`"):
+        load_settings({"writeKeys": {"REPLACE-with-your-web-write-key": "web", "real-key-123": "server"}})
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("serverlessBaseCapacity", "12", "serverlessBaseCapacity: 4, or 8 to 512 in steps of 8 RPUs, got 12"),
+    ("serverlessMaxCapacity", "4", "serverlessMaxCapacity: a multiple of 8"),
+    ("serverlessUsageLimitAction", "stop", "serverlessUsageLimitAction: log, emit-metric or deactivate"),
+    ("redshiftSubnetIds", '["vpc-0123abcd"]', "redshiftSubnetIds: a list of ids like subnet-0123abcd"),
+    ("createServerless", "true", "createServerless: set it to false with redshiftMode provisioned"),
+])
+def test_bad_warehouse_settings_are_named(key, value, message):
+    from clickstream.config import ConfigError, load_settings
+
+    given = {"writeKeys": {"web-write-key-1": "web"}, key: value}
+    if key == "createServerless":
+        given |= {"redshiftMode": "provisioned", "redshiftDbUser": "loader"}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(given)
+
+
+def test_both_workflows_run_as_one_identity_mapped_to_database_roles(warehouse):
+    _, t = warehouse
+    found = machines(t)
+    roles = {json.dumps(props["RoleArn"]) for props in found.values()}
+    assert roles == {json.dumps({"Fn::GetAtt": ["WorkflowRole21EC4257", "Arn"]})}
+    role = t.find_resources("AWS::IAM::Role")["WorkflowRole21EC4257"]["Properties"]
+    assert {"Key": "RedshiftDbRoles", "Value": "sys:dba"} in role["Tags"]
+    [trust] = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "states.amazonaws.com"}
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    policy = next(p for k, p in t.find_resources("AWS::IAM::Policy").items() if k.startswith("WorkflowRole"))
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    data_api = next(s for s in statements if "redshift-data:ExecuteStatement" in s["Action"])
+    assert {"redshift-data:BatchExecuteStatement", "redshift-serverless:GetCredentials"} <= set(data_api["Action"])
+    assert data_api["Resource"] == {"Fn::GetAtt": ["Workgroup", "Workgroup.WorkgroupArn"]}  # this workgroup only
+    assert not any("secretsmanager" in json.dumps(s["Action"]) for s in statements)  # no shared admin secret
+    outputs = t.find_outputs("*")
+    assert outputs["DatabaseUser"]["Value"] == {"Fn::Join": ["", ["IAMR:", {"Ref": "WorkflowRole21EC4257"}]]}
+    assert outputs["ReaderRole"]["Value"] == "clickstream_reader"
+    setup_sql = "\n".join(s for item in definition(found["ClickstreamWarehouse-Setup"])["States"]["Statements"]
+                          ["Result"] for s in item["sqls"])
+    assert "GRANT SELECT ON ALL TABLES IN SCHEMA clickstream TO ROLE clickstream_reader;" in setup_sql
+
+
+def test_streaming_role_trusts_both_redshift_services_for_this_account(warehouse):
+    _, t = warehouse
+    role = next(r for k, r in t.find_resources("AWS::IAM::Role").items() if k.startswith("StreamingIngestion"))
+    [trust] = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert sorted(trust["Principal"]["Service"]) == ["redshift-serverless.amazonaws.com", "redshift.amazonaws.com"]
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+
+
+def test_setup_waits_for_the_role_to_be_in_sync(warehouse):
+    assembly, t = warehouse
+    [setup] = custom_resources(t, "AWS::CloudFormation::CustomResource")
+    assert setup["DependsOn"] == ["StreamingRoleAssociation"]
+    ours = [r for r in t.find_resources("AWS::StepFunctions::StateMachine").values()
+            if r["Properties"].get("StateMachineName")]
+    assert len(ours) == 2 and all("StreamingRoleAssociation" in r["DependsOn"] for r in ours)  # nor refresh
+    functions = t.find_resources("AWS::Lambda::Function")
+    framework = json.dumps([f for k, f in functions.items()
+                            if k.startswith("AssociateRoleProviderframeworkisComplete")])
+    assert "AssociateRoleIsComplete" in framework  # the provider polls our isComplete handler
+    from pathlib import Path
+    assets = [p for p in Path(assembly.directory).glob("asset.*")
+              if (p / "handler.py").exists() and "role_apply_status" in (p / "handler.py").read_text()]
+    assert assets and all("def role_apply_status" in (p / "clickstream" / "deploy_hooks.py").read_text()
+                          for p in assets)
+
+
+def test_setup_reruns_when_any_of_its_inputs_changes(tmp_path):
+    def setup_props(**overrides) -> dict:
+        _, templates = synth(tmp_path / str(len(list(tmp_path.iterdir()))), **overrides)
+        [setup] = custom_resources(templates["ClickstreamWarehouse"], "AWS::CloudFormation::CustomResource")
+        return {k: v for k, v in setup["Properties"].items() if k != "ServiceToken"}
+
+    base = setup_props()
+    assert base["StreamingRoleArn"] == {"Fn::GetAtt": ["StreamingIngestionRole9DCCBC57", "Arn"]}
+    assert base["WorkflowRoleArn"] == {"Fn::GetAtt": ["WorkflowRole21EC4257", "Arn"]}
+    assert base["Connection"] == {"WorkgroupName": "clickstream", "Database": "dev"}
+    secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:rs-AbCdEf"
+    for overrides in ({"redshiftDatabase": "analytics"}, {"redshiftName": "other-wg"},
+                      {"redshiftSecretArn": secret}, {"clickstreamSchema": "events_v2"}):
+        changed = setup_props(**overrides)
+        assert changed != base, overrides
+    assert setup_props(clickstreamSchema="events_v2")["StatementsDigest"] != base["StatementsDigest"]
+    assert setup_props(redshiftSecretArn=secret)["Connection"]["SecretArn"] == secret
 
 
 def test_provisioned_mode_targets_the_cluster(tmp_path):
     _, templates = synth(tmp_path, redshiftMode="provisioned", redshiftName="analytics-cluster",
-                         redshiftDbUser="loader")
+                         redshiftDbUser="loader", createServerless="false")
     t = templates["ClickstreamWarehouse"]
     asl = definition(machines(t)["ClickstreamWarehouse-Refresh"])
     params = asl["States"]["RunEachInOrder"]["Iterator"]["States"]["ExecuteStatement"]["Parameters"]
@@ -192,4 +355,55 @@ def test_associate_role_with_serverless_keeps_existing_roles():
                       {"namespaceName": "ns1", "iamRoles": [existing, role]})
     with stub:
         assert deploy_hooks.associate_role(client, "serverless", "wg1", role) == [existing, role]
+    stub.assert_no_pending_responses()
+
+
+def test_role_apply_status_is_polled_until_in_sync():
+    client = boto3.client("redshift-serverless", region_name="us-east-1")
+    role = "arn:aws-cn:iam::123456789012:role/streaming"
+    stub = Stubber(client)
+    for status in ("adding", "in-sync"):
+        stub.add_response("get_workgroup", {"workgroup": {"namespaceName": "ns1", "workgroupName": "wg1"}},
+                          {"workgroupName": "wg1"})
+        stub.add_response("get_namespace", {"namespace": {"namespaceName": "ns1", "iamRoles": [
+            "IamRole(applyStatus=in-sync, iamRoleArn=arn:aws-cn:iam::123456789012:role/other)",
+            f"IamRole(applyStatus={status}, iamRoleArn={role})"]}}, {"namespaceName": "ns1"})
+    with stub:
+        assert deploy_hooks.role_in_sync(client, "serverless", "wg1", role) is False
+        assert deploy_hooks.role_in_sync(client, "serverless", "wg1", role) is True
+    rs = boto3.client("redshift", region_name="us-east-1")
+    stub = Stubber(rs)
+    adding = {"IamRoleArn": role, "ApplyStatus": "adding"}
+    stub.add_response("describe_clusters", {"Clusters": [{"IamRoles": [adding]}]}, {"ClusterIdentifier": "analytics"})
+    stub.add_response("describe_clusters", {"Clusters": [{"IamRoles": []}]}, {"ClusterIdentifier": "analytics"})
+    with stub:
+        assert deploy_hooks.role_apply_status(rs, "provisioned", "analytics", role) == "adding"
+        assert deploy_hooks.role_apply_status(rs, "provisioned", "analytics", role) is None
+
+
+def test_usage_limit_is_created_updated_replaced_and_deleted():
+    client = boto3.client("redshift-serverless", region_name="us-east-1")
+    wg = "arn:aws:redshift-serverless:us-east-1:123456789012:workgroup/0a1b2c3d-0000-0000-0000-000000000000"
+    props = {"ResourceArn": wg, "Amount": "1500", "Period": "monthly", "BreachAction": "emit-metric"}
+    limit = {"usageLimitId": "ul-1"}
+    stub = Stubber(client)
+    stub.add_response("create_usage_limit", {"usageLimit": limit},
+                      {"resourceArn": wg, "usageType": "serverless-compute", "amount": 1500, "period": "monthly",
+                       "breachAction": "emit-metric"})
+    stub.add_response("update_usage_limit", {"usageLimit": limit},
+                      {"usageLimitId": "ul-1", "amount": 100, "breachAction": "deactivate"})
+    stub.add_response("create_usage_limit", {"usageLimit": {"usageLimitId": "ul-2"}},
+                      {"resourceArn": wg, "usageType": "serverless-compute", "amount": 100, "period": "daily",
+                       "breachAction": "deactivate"})
+    stub.add_response("delete_usage_limit", {"usageLimit": limit}, {"usageLimitId": "ul-1"})
+    stub.add_client_error("delete_usage_limit", "ResourceNotFoundException", expected_params={"usageLimitId": "ul-2"})
+    with stub:
+        assert deploy_hooks.apply_usage_limit(client, "Create", props, None) == "ul-1"
+        smaller = {**props, "Amount": "100", "BreachAction": "deactivate", "_Old": props}
+        assert deploy_hooks.apply_usage_limit(client, "Update", smaller, "ul-1") == "ul-1"
+        # a new period cannot be updated: a new limit (CloudFormation then deletes the old id)
+        daily = {**smaller, "Period": "daily", "_Old": smaller}
+        assert deploy_hooks.apply_usage_limit(client, "Update", daily, "ul-1") == "ul-2"
+        assert deploy_hooks.apply_usage_limit(client, "Delete", props, "ul-1") == "ul-1"
+        assert deploy_hooks.apply_usage_limit(client, "Delete", props, "ul-2") == "ul-2"  # already gone: fine
     stub.assert_no_pending_responses()

@@ -3,30 +3,37 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import boto3
 import pytest
 from moto import mock_aws
 from moto.redshiftdata import models as rsd_models
+from moto.redshiftdata import responses as rsd_responses
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk import (
     StateTaskServiceAwsSdk,
 )
 
 from clickstream import workflows
-from clickstream.sqlmodel import ModelNames, redshift_statements
+from clickstream.sqlmodel import ModelNames, Statement, redshift_statements
 
 NAMES = ModelNames(iam_role="arn:aws:iam::123456789012:role/clickstream-streaming")
 REGION = "us-east-1"
 
 
 class FakeRedshift:
-    """Stands in for Redshift behind moto's Data API: records SQL, finishes or fails statements."""
+    """Stands in for Redshift behind moto's Data API: records SQL, finishes or fails statements.
+
+    moto has no BatchExecuteStatement; this adds it (one statement id for the whole batch, as the
+    real API returns) so the workflow's transactions run too. ``calls`` records each API call.
+    """
 
     def __init__(self, monkeypatch, fail_when: str | None = None, error: str = "") -> None:
         self.executed: list[str] = []
         self.params: list[dict] = []
+        self.calls: list[tuple[str, list[str]]] = []
         self.fail_when, self.error = fail_when, error
         self.hold = False
         backend_cls = rsd_models.RedshiftDataAPIServiceBackend
@@ -37,7 +44,21 @@ class FakeRedshift:
         def execute(self, **kwargs):
             fake.executed.append(kwargs["sql"])
             fake.params.append(kwargs)
+            fake.calls.append(("execute", [kwargs["sql"]]))
             return original_execute(self, **kwargs)
+
+        def batch_response(self):
+            sqls = self._get_param("Sqls")
+            fake.executed.extend(sqls)
+            fake.calls.append(("batch", list(sqls)))
+            statement = rsd_models.Statement(
+                cluster_identifier=self._get_param("ClusterIdentifier"), database=self._get_param("Database"),
+                db_user=self._get_param("DbUser"), query_parameters=[], query_string="\n".join(sqls),
+                secret_arn=self._get_param("SecretArn"))
+            fake.params.append({"database": statement.database, "workgroup": self._get_param("WorkgroupName"),
+                                "statement_name": self._get_param("StatementName")})
+            self.redshiftdata_backend.statements[statement.id] = statement
+            return 200, {}, json.dumps({"Id": statement.id, "Database": statement.database})
 
         def describe(self, statement_id):
             statement = original_describe(self, statement_id)
@@ -56,6 +77,8 @@ class FakeRedshift:
                 yield "Error", self.error  # the real API reports it when Status is FAILED
 
         monkeypatch.setattr(backend_cls, "execute_statement", execute)
+        monkeypatch.setattr(rsd_responses.RedshiftDataAPIServiceResponse, "batch_execute_statement",
+                            batch_response, raising=False)
         monkeypatch.setattr(backend_cls, "describe_statement", describe)
         monkeypatch.setattr(rsd_models.Statement, "__iter__", iterate)
 
@@ -121,13 +144,79 @@ def run(sfn, asl: dict, payload: dict | None = None) -> dict:
 SERVERLESS = workflows.connection_parameters("serverless", "clickstream", "dev")
 
 
+def expected_calls(statements: list[Statement]) -> list[tuple[str, list[str]]]:
+    """Consecutive transaction statements form one batch; every other statement is its own call."""
+    calls: list[tuple[str, list[str]]] = []
+    previous_in_transaction = False
+    for s in statements:
+        if s.transaction and previous_in_transaction:
+            calls[-1][1].append(s.sql)
+        else:
+            calls.append(("batch" if s.transaction else "execute", [s.sql]))
+        previous_in_transaction = s.transaction
+    return calls
+
+
 @pytest.mark.parametrize("phase", ["setup", "refresh"])
 def test_success_path_sends_exactly_the_model_statements_in_order(sfn, monkeypatch, phase):
     redshift = FakeRedshift(monkeypatch)
     result = run(sfn, workflows.render(phase, NAMES, SERVERLESS))
     assert result["status"] == "SUCCEEDED", result
     assert redshift.executed == [s.sql for s in redshift_statements(phase, NAMES)]
+    assert redshift.calls == expected_calls(redshift_statements(phase, NAMES))
     assert all(p["database"] == "dev" for p in redshift.params)
+
+
+REFRESH_WITH_MERGE = [
+    Statement("refresh/010_refresh_view.sql#1", "REFRESH MATERIALIZED VIEW clickstream.clickstream_stream;"),
+    Statement("refresh/030_merge.sql#1", "CREATE TEMP TABLE staging AS SELECT 1;", transaction=True),
+    Statement("refresh/030_merge.sql#2", "INSERT INTO clickstream.events SELECT * FROM staging;", transaction=True),
+    Statement("refresh/040_watermark.sql#1", "UPDATE clickstream.load_state SET watermark = 1;", transaction=True),
+    Statement("refresh/050_stats.sql#1", "ANALYZE clickstream.events;"),
+    Statement("refresh/060_tail.sql#1", "DELETE FROM clickstream.staging_log;", transaction=True),
+]
+
+
+def test_refresh_is_its_own_call_and_the_merge_one_batch_transaction(sfn, monkeypatch):
+    """REFRESH commits on its own; the merge's statements go in ONE BatchExecuteStatement (one
+    transaction: the watermark moves only with the rows it covers)."""
+    redshift = FakeRedshift(monkeypatch)
+    asl = workflows.render("refresh", NAMES, SERVERLESS, statements=REFRESH_WITH_MERGE)
+    result = run(sfn, asl)
+    assert result["status"] == "SUCCEEDED", result
+    sql = [s.sql for s in REFRESH_WITH_MERGE]
+    assert redshift.calls == [("execute", [sql[0]]), ("batch", sql[1:4]), ("execute", [sql[4]]),
+                              ("batch", [sql[5]])]
+    batch = next(p for p in redshift.params if "statement_name" in p)
+    assert batch["statement_name"] == "refresh/030_merge.sql#1 .. refresh/040_watermark.sql#1"
+    assert batch["workgroup"] == "clickstream" and batch["database"] == "dev"
+
+
+def test_a_failed_batch_fails_the_run_with_its_name_and_sends_nothing_after(sfn, monkeypatch):
+    redshift = FakeRedshift(monkeypatch, fail_when="INSERT INTO clickstream.events",
+                            error="ERROR: value too long for type character varying(100)")
+    result = run(sfn, workflows.render("refresh", NAMES, SERVERLESS, statements=REFRESH_WITH_MERGE))
+    assert result["status"] == "FAILED"
+    history = json.dumps(sfn.get_execution_history(executionArn=result["executionArn"])["events"], default=str)
+    assert "refresh/030_merge.sql#1 .. refresh/040_watermark.sql#1 failed: ERROR: value too long" in history
+    assert [kind for kind, _ in redshift.calls] == ["execute", "batch"]  # ANALYZE and the tail never sent
+
+
+def test_steps_group_consecutive_transaction_statements_only():
+    steps = workflows.steps(REFRESH_WITH_MERGE)
+    assert [(s["transaction"], len(s["sqls"])) for s in steps] == [(False, 1), (True, 3), (False, 1), (True, 1)]
+    assert all(s["skipIfExists"] is False for s in steps if s["transaction"])
+    too_many = [Statement(f"refresh/x.sql#{i}", "SELECT 1;", transaction=True) for i in range(41)]
+    with pytest.raises(ValueError, match="at most 40"):
+        workflows.steps(too_many)
+
+
+def test_service_integration_arns_carry_the_partition():
+    asl = workflows.render("refresh", NAMES, SERVERLESS, partition="aws-cn")
+    text = json.dumps(asl)
+    resources = re.findall(r'"Resource": "([^"]+)"', text)
+    assert len(resources) == 5 and all(r.startswith("arn:aws-cn:states:::aws-sdk:") for r in resources)
+    assert "arn:aws:" not in text
 
 
 def test_runs_never_overlap(sfn, monkeypatch):
@@ -198,6 +287,25 @@ def test_every_transition_names_a_real_state():
     assert workflows.dangling_transitions(broken) == ["/Statements: Nowhere is not a state"]
 
 
-def test_only_materialized_view_creation_is_skip_if_exists():
-    flagged = [s.name for s in redshift_statements("setup", NAMES) if s.skip_if_exists]
-    assert flagged == ["setup/030_streaming_view.sql#1"]
+def test_only_materialized_view_and_reader_role_creation_are_skip_if_exists():
+    flagged = [s.sql for s in redshift_statements("setup", NAMES) if s.skip_if_exists]
+    assert [sql.split("\n")[-1] for sql in flagged if "CREATE ROLE" in sql] == ["CREATE ROLE clickstream_reader;"]
+    assert any("CREATE MATERIALIZED VIEW" in sql for sql in flagged)
+    assert all("CREATE MATERIALIZED VIEW" in sql or "CREATE ROLE" in sql or "GRANT" in sql for sql in flagged)
+
+
+def test_setup_grants_the_reader_role_read_access_on_redshift_only():
+    from clickstream.sqlmodel import SQL_DIR
+
+    grants = [s for s in redshift_statements("setup", NAMES) if s.name.startswith("setup/900_grants.sql")]
+    assert grants and all(s.redshift_only for s in grants)
+    assert grants == redshift_statements("setup", NAMES)[-len(grants):]  # last: after every object exists
+    sql = "\n".join(s.sql for s in grants)
+    for line in ("GRANT USAGE ON SCHEMA clickstream TO ROLE clickstream_reader;",
+                 "GRANT SELECT ON ALL TABLES IN SCHEMA clickstream TO ROLE clickstream_reader;",
+                 "ALTER DEFAULT PRIVILEGES IN SCHEMA clickstream GRANT SELECT ON TABLES TO ROLE clickstream_reader;"):
+        assert line in sql
+    assert "${reader_role}" in (SQL_DIR / "redshift" / "setup" / "900_grants.sql").read_text()
+    custom = ModelNames(schema="analytics", reader_role="bi_read")
+    assert "GRANT USAGE ON SCHEMA analytics TO ROLE bi_read;" in "\n".join(
+        s.sql for s in redshift_statements("setup", custom))

@@ -146,17 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
         "S3, Step Functions, Redshift Serverless, access logs) from the price table in clickstream/prices.json. "
         "See docs/cost.md for the model.",
     )
-    cost.add_argument("--events-per-day", type=float, required=True, help="events per day")
-    cost.add_argument("--batch-size", type=float, default=20.0,
-                      help="events per HTTP request, averaged over browsers (1) and servers (default 20)")
-    cost.add_argument("--avg-event-bytes", type=int, default=600, help="average message size (default 600)")
-    cost.add_argument("--stream-mode", choices=["on-demand", "provisioned"], default="on-demand")
-    cost.add_argument("--shards", type=int, default=2, help="shards in provisioned mode (default 2)")
-    cost.add_argument("--refresh-minutes", type=float, default=5.0, help="warehouse refresh interval (default 5)")
-    cost.add_argument("--refresh-busy-seconds", type=float, default=30.0,
-                      help="Redshift compute per refresh (default 30; billed at least 60)")
-    cost.add_argument("--rpu", type=int, default=8, help="Redshift Serverless base capacity (default 8)")
-    cost.add_argument("--archive-months", type=float, default=12.0, help="months of archive kept (default 12)")
+    from clickstream import cost as cost_model
+
+    cost_model.add_arguments(cost)
     _json_option(cost, "the estimate")
     cost.set_defaults(func=_cmd_cost)
 
@@ -209,29 +201,9 @@ def _cmd_openapi(args: argparse.Namespace) -> int:
 
 
 def _cmd_cost(args: argparse.Namespace) -> int:
-    import dataclasses
-    import json
-
     from clickstream import cost as model
 
-    usage = model.Usage(events_per_day=args.events_per_day, batch_size=args.batch_size,
-                        avg_event_bytes=args.avg_event_bytes, stream_mode=args.stream_mode, shards=args.shards,
-                        refresh_minutes=args.refresh_minutes, refresh_busy_seconds=args.refresh_busy_seconds,
-                        rpu=args.rpu, archive_months=args.archive_months)
-    estimate = model.estimate(usage)
-    table = model.prices()
-    if args.json:
-        print(json.dumps({"usage": dataclasses.asdict(usage), "monthly": dataclasses.asdict(estimate),
-                          "total": round(estimate.total, 2), "per_million_events": round(
-                              model.per_million(usage, estimate), 4),
-                          "prices_as_of": table["as_of"], "region": table["region"]}, indent=2))
-        return 0
-    print(f"Monthly cost, {table['region']} list prices as of {table['as_of']} (clickstream/prices.json):")
-    for name, value in dataclasses.asdict(estimate).items():
-        print(f"  {name.replace('_', ' '):<22} ${value:>12,.2f}")
-    print(f"  {'total':<22} ${estimate.total:>12,.2f}")
-    print(f"  {'per million events':<22} ${model.per_million(usage, estimate):>12,.4f}")
-    return 0
+    return model.run(args)
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:

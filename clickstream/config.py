@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from clickstream import contract
+from clickstream.cost import DEFAULT_RPU, DEFAULT_USAGE_LIMIT_RPU_HOURS, SERVERLESS_BASE_CAPACITIES
 from clickstream.sqlmodel import ModelNames
 
 _MODEL = ModelNames()  # the SQL model's default names are the configuration's defaults
@@ -39,9 +40,9 @@ DEFAULTS: dict[str, Any] = {
     "redshiftSecretArn": "",
     "redshiftDbUser": "",
     "createServerless": True,
-    "serverlessBaseCapacity": 8,
+    "serverlessBaseCapacity": DEFAULT_RPU,  # `clickstream cost` estimates with the same defaults
     "serverlessMaxCapacity": 32,
-    "serverlessUsageLimitRpuHours": 1500,
+    "serverlessUsageLimitRpuHours": DEFAULT_USAGE_LIMIT_RPU_HOURS,
     "serverlessUsageLimitPeriod": "monthly",
     "serverlessUsageLimitAction": "emit-metric",
     "redshiftSubnetIds": [],
@@ -60,7 +61,6 @@ DEFAULTS: dict[str, Any] = {
 PLACEHOLDER_KEY_PREFIX = "REPLACE-"
 PLACEHOLDER_KEYS_MESSAGE = ("writeKeys: cdk.json still holds the example keys (REPLACE-...): set `writeKeys` to your "
                             "own keys, in cdk.json or with -c 'writeKeys={\"<your key>\": \"web\"}'")
-SERVERLESS_BASE_CAPACITIES = (4, *range(8, 513, 8))  # RPUs: 4, or 8 to 512 in steps of 8
 
 
 class ConfigError(ValueError):

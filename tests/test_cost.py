@@ -45,3 +45,64 @@ def test_docs_examples_are_what_the_command_prints(args, capsys):
     assert main(["cost", *args]) == 0
     printed = capsys.readouterr().out.strip()
     assert printed in (ROOT / "docs" / "cost.md").read_text()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--events-per-day", "0"], "argument --events-per-day: expected a number > 0, got '0'"),
+    (["--events-per-day", "-5"], "argument --events-per-day: expected a number > 0, got '-5'"),
+    (["--events-per-day", "nan"], "argument --events-per-day: expected a number > 0, got 'nan'"),
+    (["--events-per-day", "1000", "--batch-size", "0.5"], "argument --batch-size: expected a number >= 1"),
+    (["--events-per-day", "1000", "--refresh-minutes", "0"], "argument --refresh-minutes: expected a number > 0"),
+    (["--events-per-day", "1000", "--shards", "-1"], "argument --shards: expected a whole number > 0"),
+    (["--events-per-day", "1000", "--archive-months", "-1"], "argument --archive-months: expected a number >= 0"),
+    (["--events-per-day", "1000", "--rpu", "12"], "argument --rpu: expected 4, or 8 to 512 in steps of 8"),
+])
+def test_bad_inputs_are_usage_errors_not_tracebacks_or_negative_dollars(args, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["cost", *args])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_json_rounds_like_the_text_and_adds_up(capsys):
+    import json
+
+    assert main(["cost", "--events-per-day", "1234567", "--batch-size", "7", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    money = [*out["monthly"].values(), out["total"]]
+    assert all(round(v, 2) == v for v in money)  # cents everywhere, as the text prints them
+    assert out["total"] == pytest.approx(sum(out["monthly"].values()), abs=0.01 * len(out["monthly"]))
+    assert round(out["per_million_events"], 4) == out["per_million_events"]
+    assert main(["cost", "--events-per-day", "1234567", "--batch-size", "7"]) == 0
+    text = capsys.readouterr().out
+    assert f"${out['total']:>12,.2f}" in text and f"{out['monthly']['kinesis']:,.2f}" in text
+
+
+def test_the_estimate_uses_the_deployed_capacity_and_reports_the_usage_limit(capsys):
+    import json
+
+    from clickstream.config import DEFAULTS
+
+    context = json.loads((ROOT / "cdk.json").read_text())["context"]
+    assert cost.Usage(events_per_day=1).rpu == DEFAULTS["serverlessBaseCapacity"] == context[
+        "serverlessBaseCapacity"] == 8
+    assert context["serverlessUsageLimitRpuHours"] == cost.DEFAULT_USAGE_LIMIT_RPU_HOURS
+    u = cost.Usage(events_per_day=1_000_000)
+    assert cost.rpu_hours(u) == pytest.approx(cost.DAYS_PER_MONTH * 24 * 12 * 60 / 3600 * 8)  # 1,167
+    assert main(["cost", "--events-per-day", "1000000"]) == 0
+    assert "redshift RPU-hours: 1,167 per month (within the default usage limit of 1,500)" in capsys.readouterr().out
+    assert main(["cost", "--events-per-day", "1000000", "--refresh-minutes", "1"]) == 0
+    assert "OVER: raise serverlessUsageLimitRpuHours" in capsys.readouterr().out
+
+
+def test_step_functions_counts_the_steps_the_workflow_runs():
+    """A batch of transaction statements is one step (one BatchExecuteStatement), not one per statement."""
+    from clickstream import workflows
+    from clickstream.sqlmodel import ModelNames
+
+    steps = len(workflows.statements_for("refresh", ModelNames()))
+    assert cost.refresh_steps() == steps
+    u = cost.Usage(events_per_day=1_000_000)
+    runs = cost.DAYS_PER_MONTH * 24 * 12
+    assert cost.estimate(u).step_functions == pytest.approx(runs * (6 + 6 * steps) / 1000 * 0.025)

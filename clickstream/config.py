@@ -218,6 +218,10 @@ def load_settings(get: Callable[[str], Any] | Mapping[str, Any]) -> Settings:
     if v["serverlessUsageLimitAction"] not in ("log", "emit-metric", "deactivate"):
         errors.append("serverlessUsageLimitAction: log, emit-metric or deactivate, "
                       f"got {v['serverlessUsageLimitAction']!r}")
+    if 0 < len(v["redshiftSubnetIds"]) < 3:
+        # https://docs.aws.amazon.com/redshift/latest/mgmt/serverless-usage-considerations.html
+        errors.append("redshiftSubnetIds: Redshift Serverless needs at least three subnets (in three "
+                      f"Availability Zones), got {len(v['redshiftSubnetIds'])}")
     for key, prefix in (("redshiftSubnetIds", "subnet"), ("redshiftSecurityGroupIds", "sg")):
         if not all(isinstance(x, str) and re.match(rf"^{prefix}-[0-9a-f]{{8,17}}$", x) for x in v[key]):
             errors.append(f"{key}: a list of ids like {prefix}-0123abcd, got {v[key]!r}")

@@ -214,6 +214,7 @@ def test_placeholder_write_keys_fail_synth_with_the_exact_message(tmp_path):
     ("serverlessMaxCapacity", "4", "serverlessMaxCapacity: a multiple of 8"),
     ("serverlessUsageLimitAction", "stop", "serverlessUsageLimitAction: log, emit-metric or deactivate"),
     ("redshiftSubnetIds", '["vpc-0123abcd"]', "redshiftSubnetIds: a list of ids like subnet-0123abcd"),
+    ("redshiftSubnetIds", '["subnet-0123abcd"]', "redshiftSubnetIds: Redshift Serverless needs at least three"),
     ("createServerless", "true", "createServerless: set it to false with redshiftMode provisioned"),
 ])
 def test_bad_warehouse_settings_are_named(key, value, message):
@@ -407,3 +408,30 @@ def test_usage_limit_is_created_updated_replaced_and_deleted():
         assert deploy_hooks.apply_usage_limit(client, "Delete", props, "ul-1") == "ul-1"
         assert deploy_hooks.apply_usage_limit(client, "Delete", props, "ul-2") == "ul-2"  # already gone: fine
     stub.assert_no_pending_responses()
+
+
+def test_deploy_docs_are_true_to_the_configuration():
+    """README's deploy section stays two commands and points to docs/deploy.md, which names every
+    warehouse setting with its default, the placeholder-key error and the identity outputs."""
+    from pathlib import Path
+
+    from clickstream.config import DEFAULTS, PLACEHOLDER_KEYS_MESSAGE
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("## Deploy to AWS"):readme.index("### Configuration")]
+    [commands] = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert [line.split("#")[0].split()[:3] for line in commands.strip().splitlines()] == [
+        ["npx", "cdk", "bootstrap"], ["npx", "cdk", "deploy"]]
+    assert "docs/deploy.md" in section
+    deploy = (root / "docs" / "deploy.md").read_text()
+    for key in ("createServerless", "serverlessBaseCapacity", "serverlessMaxCapacity", "serverlessUsageLimitRpuHours",
+                "serverlessUsageLimitPeriod", "serverlessUsageLimitAction", "redshiftSubnetIds",
+                "redshiftSecurityGroupIds", "redshiftDbRoles"):
+        default = DEFAULTS[key]
+        shown = json.dumps(default) if isinstance(default, list | bool) else str(default)
+        row = next(line for line in deploy.splitlines() if line.startswith("|") and f"`{key}`" in line)
+        assert f"`{shown}`" in row, (key, row)
+    assert PLACEHOLDER_KEYS_MESSAGE.split(": set")[0] in deploy
+    for output in ("DatabaseUser", "WorkflowRoleArn", "ReaderRole", "StreamingRoleArn"):
+        assert f"`{output}`" in deploy

@@ -43,7 +43,8 @@ ROLE_STAND_IN = "${StreamingRoleArn}"
 
 
 def _service(name: str) -> iam.ServicePrincipal:
-    """A service principal that may act for this account only (confused-deputy guard)."""
+    """A service principal that may act for this account only (confused-deputy guard:
+    https://docs.aws.amazon.com/IAM/latest/UserGuide/confused-deputy.html)."""
     return iam.ServicePrincipal(name, conditions={"StringEquals": {"aws:SourceAccount": cdk.Aws.ACCOUNT_ID}})
 
 

@@ -435,3 +435,62 @@ def test_deploy_docs_are_true_to_the_configuration():
     assert PLACEHOLDER_KEYS_MESSAGE.split(": set")[0] in deploy
     for output in ("DatabaseUser", "WorkflowRoleArn", "ReaderRole", "StreamingRoleArn"):
         assert f"`{output}`" in deploy
+
+
+ASSET_SCRIPT = r'''
+import json, sys, types
+sys.path.insert(0, sys.argv[1])
+import boto3
+from botocore.stub import Stubber
+import handler
+import clickstream.deploy_hooks as hooks
+assert handler.__file__.startswith(sys.argv[1]) and hooks.__file__.startswith(sys.argv[1])
+role = "arn:aws:iam::123456789012:role/streaming"
+client = boto3.client("redshift-serverless", region_name="us-east-1")
+stub = Stubber(client)
+for status in ("adding", "in-sync"):
+    stub.add_response("get_workgroup", {"workgroup": {"namespaceName": "ns1", "workgroupName": "clickstream"}})
+    stub.add_response("get_namespace", {"namespace": {"namespaceName": "ns1", "iamRoles": [
+        f"IamRole(applyStatus={status}, iamRoleArn={role})"]}})
+stub.add_response("create_usage_limit", {"usageLimit": {"usageLimitId": "ul-9"}},
+                  {"resourceArn": "arn:wg", "usageType": "serverless-compute", "amount": 1500, "period": "monthly",
+                   "breachAction": "emit-metric"})
+stub.activate()
+handler._client = lambda mode: client
+ctx = types.SimpleNamespace(function_name="f", memory_limit_in_mb=128, aws_request_id="r",
+                            invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:f")
+association = {"RequestType": "Create", "RequestId": "r1", "ResourceType": "Custom::StreamingRoleAssociation",
+               "ResourceProperties": {"Mode": "serverless", "Name": "clickstream", "RoleArn": role,
+                                      "Associate": "false"}}
+limit = {"RequestType": "Create", "RequestId": "r2", "ResourceType": "Custom::ServerlessUsageLimit",
+         "ResourceProperties": {"ResourceArn": "arn:wg", "Amount": "1500", "Period": "monthly",
+                                "BreachAction": "emit-metric"}}
+out = [handler.on_event(association, ctx), handler.is_complete(association, ctx), handler.is_complete(association, ctx),
+       handler.on_event(limit, ctx), handler.is_complete(limit, ctx)]
+stub.assert_no_pending_responses()
+print(json.dumps(out))
+'''
+
+
+def test_built_redshift_hooks_asset_waits_for_in_sync_and_sets_the_usage_limit(warehouse, tmp_path):
+    """The asset CloudFormation runs, imported on its own: the association completes only once the role
+    is in-sync (Associate=false: nothing is modified), and the usage limit is created."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    assembly, _ = warehouse
+    [asset] = [p for p in Path(assembly.directory).glob("asset.*")
+               if (p / "handler.py").exists() and "role_apply_status" in (p / "handler.py").read_text()]
+    script = tmp_path / "run_asset.py"
+    script.write_text(ASSET_SCRIPT)
+    env = {**os.environ, "POWERTOOLS_TRACE_DISABLED": "1", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    out = subprocess.run([sys.executable, str(script), str(asset)], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    assert results == [{"PhysicalResourceId": "serverless:clickstream:arn:aws:iam::123456789012:role/streaming"},
+                       {"IsComplete": False}, {"IsComplete": True}, {"PhysicalResourceId": "ul-9"},
+                       {"IsComplete": True}]

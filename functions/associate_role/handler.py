@@ -36,7 +36,7 @@ def on_event(event: dict, context: LambdaContext) -> dict:
     mode, name, role = props["Mode"], props["Name"], props["RoleArn"]
     if props.get("Associate", "true") == "true":
         roles = associate_role(_client(mode), mode, name, role, remove=event["RequestType"] == "Delete")
-        logger.info("redshift roles", extra={"mode": mode, "name": name, "roles": roles})
+        logger.info("redshift roles", extra={"mode": mode, "target": name, "roles": roles})
     return {"PhysicalResourceId": f"{mode}:{name}:{role}"}
 
 
@@ -48,5 +48,5 @@ def is_complete(event: dict, context: LambdaContext) -> dict:
         return {"IsComplete": True}
     props = event["ResourceProperties"]
     status = role_apply_status(_client(props["Mode"]), props["Mode"], props["Name"], props["RoleArn"])
-    logger.info("role apply status", extra={"name": props["Name"], "status": status})
+    logger.info("role apply status", extra={"target": props["Name"], "status": status})
     return {"IsComplete": status == "in-sync"}

@@ -266,6 +266,8 @@ def test_setup_waits_for_the_role_to_be_in_sync(warehouse):
     ours = [r for r in t.find_resources("AWS::StepFunctions::StateMachine").values()
             if r["Properties"].get("StateMachineName")]
     assert len(ours) == 2 and all("StreamingRoleAssociation" in r["DependsOn"] for r in ours)  # nor refresh
+    [schedule] = t.find_resources("AWS::Events::Rule").values()
+    assert "WarehouseSetup" in schedule["DependsOn"]  # the schedule starts once setup has succeeded
     functions = t.find_resources("AWS::Lambda::Function")
     framework = json.dumps([f for k, f in functions.items()
                             if k.startswith("AssociateRoleProviderframeworkisComplete")])

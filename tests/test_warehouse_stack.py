@@ -496,3 +496,20 @@ def test_built_redshift_hooks_asset_waits_for_in_sync_and_sets_the_usage_limit(w
     assert results == [{"PhysicalResourceId": "serverless:clickstream:arn:aws:iam::123456789012:role/streaming"},
                        {"IsComplete": False}, {"IsComplete": True}, {"PhysicalResourceId": "ul-9"},
                        {"IsComplete": True}]
+
+
+@pytest.mark.parametrize("phase", ["setup", "refresh"])
+def test_the_deployed_definitions_run_in_moto(warehouse, monkeypatch, phase):
+    """The ASL exactly as synthesized (partition resolved to aws) runs every statement of the model,
+    the setup's grants last, transaction statements batched."""
+    from tests.test_workflows import FakeRedshift, executing_stepfunctions, expected_calls, run
+
+    _, t = warehouse
+    with executing_stepfunctions(monkeypatch) as sfn:
+        redshift = FakeRedshift(monkeypatch)
+        result = run(sfn, definition(machines(t)[f"ClickstreamWarehouse-{phase.title()}"]))
+    assert result["status"] == "SUCCEEDED", result
+    names = workflows.ModelNames(iam_role="arn:aws:iam::123456789012:role/streaming")
+    assert redshift.calls == expected_calls(redshift_statements(phase, names))
+    if phase == "setup":
+        assert redshift.executed[-1].endswith("GRANT SELECT ON TABLES TO ROLE clickstream_reader;")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -119,14 +120,21 @@ def _pascal_sfn_sdk(monkeypatch) -> None:
     monkeypatch.setattr(cls, "_normalise_response", response)
 
 
-@pytest.fixture
-def sfn(monkeypatch):
+@contextlib.contextmanager
+def executing_stepfunctions(monkeypatch):
+    """moto with state machines really executing (also used by the warehouse stack's tests)."""
     # moto's ASL interpreter does not know the SDK name "redshiftdata" (boto3: "redshift-data").
     monkeypatch.setitem(state_task_service.StateTaskService._SERVICE_NAME_SFN_TO_BOTO_OVERRIDES,
                         "redshiftdata", "redshift-data")
     _pascal_sfn_sdk(monkeypatch)
     with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
         yield boto3.client("stepfunctions", region_name=REGION)
+
+
+@pytest.fixture
+def sfn(monkeypatch):
+    with executing_stepfunctions(monkeypatch) as client:
+        yield client
 
 
 def run(sfn, asl: dict, payload: dict | None = None) -> dict:

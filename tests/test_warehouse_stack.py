@@ -513,3 +513,20 @@ def test_the_deployed_definitions_run_in_moto(warehouse, monkeypatch, phase):
     assert redshift.calls == expected_calls(redshift_statements(phase, names))
     if phase == "setup":
         assert redshift.executed[-1].endswith("GRANT SELECT ON TABLES TO ROLE clickstream_reader;")
+
+
+def test_deploy_docs_idle_cost_is_what_the_cost_model_says():
+    from pathlib import Path
+
+    from clickstream import cost
+
+    deploy = (Path(__file__).resolve().parents[1] / "docs" / "deploy.md").read_text()
+    rows = ((5, "| every 5 minutes (default) |"), (60, "| hourly (`refreshSchedule=rate(1 hour)`) |"))
+    for minutes, row_start in rows:
+        u = cost.Usage(events_per_day=1, refresh_minutes=minutes)
+        e = cost.estimate(u)
+        row = next(line for line in deploy.splitlines() if line.startswith(row_start))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == f"${e.redshift_serverless:,.2f} ({round(cost.rpu_hours(u)):,} RPU-hours)"
+        assert cells[2:4] == [f"${e.step_functions:,.2f}", f"${e.kinesis:,.2f}"]
+        assert cells[4] == f"~${round(e.total):,}/month"

@@ -77,13 +77,13 @@ class Collector:
         try:
             status, body, extra = await self._handle(scope, headers, receive)
         except IngestError as exc:
-            status, body, extra = exc.status, exc.body(), self._retry_after(exc.status)
+            status, body, extra = exc.status, exc.body(), self._retry_after(exc.error)
             extra += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
             self.refused[exc.code] = self.refused.get(exc.code, 0) + 1
         except Exception:  # never let a bug become a hung connection or a silent 200
             log.exception("unexpected error")
             err = IngestError("internal_error")
-            status, body, extra = err.status, err.body(), self._retry_after(err.status)
+            status, body, extra = err.status, err.body(), self._retry_after(err.error)
         response_headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -193,14 +193,13 @@ class Collector:
         from clickstream.warehouse import QueryFailed
 
         try:
-            check_read_only(sql)
+            check_read_only(sql)  # an early, friendly error; the guard is where the query runs
             columns, rows = await asyncio.to_thread(self.query, sql)
         except QueryError as exc:
             raise IngestError("invalid_request", str(exc)) from exc
-        except QueryFailed as exc:
-            raise IngestError("invalid_request", f"query failed: {exc}") from exc
-        except Exception as exc:  # a SQL error is the caller's to read, not a server failure
-            raise IngestError("invalid_request", f"query failed: {exc}") from exc
+        except QueryFailed as exc:  # the query's fault is a 400; the server's (memory, I/O, process) a 503
+            raise IngestError("unavailable" if exc.server_fault else "invalid_request",
+                              f"query failed: {exc}") from exc
         return 200, orjson.dumps({"columns": columns, "rows": rows}, default=str), []
 
     def _settings(self, write_key: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
@@ -226,7 +225,7 @@ class Collector:
         ]
 
     @staticmethod
-    def _retry_after(status: int) -> list[tuple[bytes, bytes]]:
-        if status >= 500 or status == 429:
+    def _retry_after(error: contract.ErrorCode) -> list[tuple[bytes, bytes]]:
+        if error.retryable:  # the contract's rule: the SDKs retry these, so say when
             return [(b"retry-after", str(contract.RETRY_AFTER_SECONDS).encode())]
         return []

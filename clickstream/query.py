@@ -21,7 +21,9 @@ class QueryError(Exception):
 
 
 def check_read_only(sql: str) -> None:
-    """Refuse anything but reads: the warehouse is written only by the model's merge."""
+    """A friendly early error for anything but reads. Not the guard: a parser's view of SQL can
+    differ from DuckDB's, so queries also run where they cannot write or reconfigure anything
+    (``clickstream.warehouse.read_only_query``), whatever this check thinks."""
     try:
         trees = [t for t in sqlglot.parse(sql, read="duckdb") if t is not None]
     except sqlglot.errors.ParseError as exc:
@@ -69,7 +71,7 @@ def run_query(data_dir: Path, sql: str) -> tuple[list[str], list[list[Any]]]:
         except urllib.error.HTTPError as exc:
             raise QueryError(json.loads(exc.read()).get("message", str(exc))) from exc
         return body["columns"], body["rows"]
-    from clickstream.warehouse import WAREHOUSE_FILE, Warehouse
+    from clickstream.warehouse import WAREHOUSE_FILE, QueryFailed, Warehouse, lock_down
 
     path = Path(data_dir) / WAREHOUSE_FILE
     if not path.exists():
@@ -81,9 +83,10 @@ def run_query(data_dir: Path, sql: str) -> tuple[list[str], list[list[Any]]]:
     except duckdb.IOException as exc:
         raise QueryError(f"cannot open {path}: {exc}") from exc
     try:
+        lock_down(wh.conn)  # the file is read-only already; this keeps SQL away from other files too
         columns, rows = wh.query(sql)
         return columns, [list(r) for r in rows]
-    except duckdb.Error as exc:
+    except QueryFailed as exc:
         raise QueryError(f"query failed: {exc}") from exc
     finally:
         wh.close()

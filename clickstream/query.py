@@ -34,14 +34,17 @@ def check_read_only(sql: str) -> None:
         raise QueryError(f"only read-only queries are allowed, not {trees[0].key.upper()}")
 
 
-def write_state(data_dir: Path, admin_url: str, token: str) -> Path:
+def write_state(data_dir: Path, admin_url: str, token: str, *, health_url: str | None = None) -> Path:
+    """Tell `clickstream query` and `clickstream status` where the running pipeline answers."""
     path = Path(data_dir) / LOCAL_STATE_FILE
-    path.write_text(json.dumps({"pid": os.getpid(), "admin_url": admin_url, "token": token}))
+    path.write_text(json.dumps({"pid": os.getpid(), "admin_url": admin_url, "token": token,
+                                "health_url": health_url}))
     path.chmod(0o600)
     return path
 
 
-def _running(data_dir: Path) -> dict | None:
+def running(data_dir: Path) -> dict | None:
+    """The state file of the `clickstream local` serving ``data_dir``, or None if none runs."""
     path = Path(data_dir) / LOCAL_STATE_FILE
     if not path.exists():
         return None
@@ -55,7 +58,7 @@ def _running(data_dir: Path) -> dict | None:
 
 def run_query(data_dir: Path, sql: str) -> tuple[list[str], list[list[Any]]]:
     check_read_only(sql)
-    state = _running(data_dir)
+    state = running(data_dir)
     if state:
         import urllib.error
         import urllib.request

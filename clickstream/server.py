@@ -1,0 +1,255 @@
+"""The HTTP server of ``clickstream local``: uvicorn with the limits a public endpoint needs.
+
+uvicorn's httptools protocol has no header size limit, no timeout while headers or a body are
+being sent, and no cap on connections, so slow or hostile clients could hold memory and file
+descriptors for ever. :class:`GuardedProtocol` adds them; answers it gives by itself (the app never
+sees those requests) are JSON like the API's errors and close the connection:
+
+- 431 ``header_too_large`` when the request line and headers exceed ``max_header_bytes``
+  (10 KiB by default, API Gateway's limit for REST APIs: "Total combined size of request line and
+  header values: 10240 bytes", https://docs.aws.amazon.com/apigateway/latest/developerguide/api-gateway-execution-service-limits-table.html);
+- 408 ``request_timeout`` when the headers are not complete ``header_timeout`` seconds after the
+  connection opened (or, on a kept-alive connection, after the request's first byte), or the body
+  not complete ``body_timeout`` seconds after the headers;
+- 503 ``too_many_connections`` (with Retry-After) to a connection beyond ``max_connections``,
+  closed at once, so descriptors are never exhausted and a client learns why.
+
+Closing a timed-out connection frees what its request held (the app's body buffer goes with it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import signal
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import httptools
+import orjson
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from clickstream import contract
+
+API_GATEWAY_MAX_HEADER_BYTES = 10 * 1024
+TRIM_AFTER_BYTES = 16 * 1024 * 1024  # abandoned body bytes before the heap is handed back to the OS
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    """glibc's malloc_trim: freed request bodies are ~64 KiB blocks that glibc keeps in the heap
+    for reuse, so without it memory held by clients that left is never returned (measured: 300
+    unfinished 400 KiB bodies, RSS 65 -> 190 MB, still 190 MB after they timed out)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return lambda: trim(0)
+
+
+MALLOC_TRIM = _malloc_trim()
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_header_bytes: int = API_GATEWAY_MAX_HEADER_BYTES  # request line + header names and values
+    header_timeout: float = 10.0  # seconds to send the request line and headers
+    body_timeout: float = 30.0  # seconds to send the body once the headers are in (SDKs time out at 10-15 s)
+    max_connections: int = 1000  # open connections; beyond: 503 and close (keep below the fd limit)
+
+
+def refusal(status: int, code: str, message: str, retry_after: bool = False) -> bytes:
+    """A complete HTTP/1.1 response that ends the connection."""
+    body = orjson.dumps({"code": code, "message": message})
+    head = [STATUS_LINE[status], b"content-type: application/json\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n", b"connection: close\r\n"]
+    if retry_after:
+        head.append(b"retry-after: " + str(contract.RETRY_AFTER_SECONDS).encode() + b"\r\n")
+    return b"".join([*head, b"\r\n", body])
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header size, header/body time and connection limits."""
+
+    limits = ServerLimits()
+    refused: dict[str, int] = {}  # code -> count, per server class (see protocol_for)
+    released = 0  # body bytes of requests abandoned (timed out, disconnected) since the last trim
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._body_bytes = 0  # of the current request
+        self._header_bytes = 0  # request line + header names and values (the parser's view)
+        self._raw_header_bytes = 0  # bytes received while the headers were not complete
+        self._in_headers = True
+        self._header_overflow = False
+        self._timer: Any = None
+        self._closed = False
+
+    # -- timers -------------------------------------------------------------------------------
+    def _arm(self, seconds: float, phase: str) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, self._timed_out, phase)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self, phase: str) -> None:
+        self._timer = None
+        if self.cycle is not None and self.cycle.response_started:
+            self.transport.close()
+            return
+        self._refuse(408, "request_timeout", f"the request {phase} took longer than "
+                     f"{self.limits.header_timeout if phase == 'headers' else self.limits.body_timeout:g} s")
+
+    def _refuse(self, status: int, code: str, message: str, retry_after: bool = False) -> None:
+        type(self).refused[code] = type(self).refused.get(code, 0) + 1
+        self._closed = True
+        if not self.transport.is_closing():
+            self.transport.write(refusal(status, code, message, retry_after))
+            self.transport.close()
+
+    # -- connection ---------------------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self._refuse(503, "too_many_connections",
+                         f"the server has {self.limits.max_connections} open connections; retry later", True)
+            return
+        self._arm(self.limits.header_timeout, "headers")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self._release()
+        super().connection_lost(exc)
+
+    def _release(self) -> None:
+        """Count an abandoned request's body as freed; now and then give freed heap back to the OS."""
+        cls = type(self)
+        cls.released += self._body_bytes
+        self._body_bytes = 0
+        if cls.released >= TRIM_AFTER_BYTES and MALLOC_TRIM is not None:
+            cls.released = 0
+            self.loop.call_later(0.5, MALLOC_TRIM)  # once the app has dropped its buffers too
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self._unset_keepalive_if_required()
+        if self._in_headers:
+            # The parser reports a header only once it is complete, buffering it until then; so the
+            # raw bytes before the end of the headers are bounded too (names, values and framing).
+            room = 2 * self.limits.max_header_bytes - self._raw_header_bytes
+            if len(data) > room:
+                self._feed(data[:room])
+                if self._closed:
+                    return
+                if self._in_headers:
+                    self._header_overflow = True
+                    self._refuse_headers()
+                    return
+                data = data[room:]
+            else:
+                self._raw_header_bytes += len(data)
+        self._feed(data)
+
+    def _refuse_headers(self) -> None:
+        self._refuse(431, "header_too_large", "the request line and headers are larger than "
+                     f"{self.limits.max_header_bytes} bytes")
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # as uvicorn: upgrade to a WebSocket if there is one
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError:
+            if self._header_overflow:
+                self._refuse_headers()
+            else:
+                self._refuse(400, "invalid_request", "invalid HTTP request")
+
+    # -- parser callbacks ---------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = 0
+        if self._timer is None:  # a kept-alive connection: this request's first byte starts the clock
+            self._arm(self.limits.header_timeout, "headers")
+
+    def _count(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > self.limits.max_header_bytes:
+            self._header_overflow = True
+            raise ValueError("header too large")  # stops the parser; data_received answers 431
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value))
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        self._raw_header_bytes = 0
+        self._arm(self.limits.body_timeout, "body")
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._body_bytes = 0  # a finished request's memory is reused by the next ones; no trim needed
+        self._in_headers = True  # what comes next on this connection is the next request's head
+        super().on_message_complete()
+
+
+def protocol_for(limits: ServerLimits) -> type[GuardedProtocol]:
+    """A protocol class bound to ``limits`` (uvicorn instantiates it per connection)."""
+    return type("GuardedProtocol", (GuardedProtocol,), {"limits": limits, "refused": {}})
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, but a stop asked for by SIGTERM or Ctrl-C is a normal exit.
+
+    uvicorn re-raises the signal after its graceful shutdown, so the process dies of it (exit
+    143) before Python's exit handlers run, and multiprocessing warns about leaked semaphores.
+    Here the graceful shutdown is the end: the process exits 0 and cleans up.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+def config(app: Any, host: str, port: int, *, limits: ServerLimits | None = None,
+           forwarded_allow_ips: str | None = None, **options: Any) -> uvicorn.Config:
+    """The uvicorn configuration of ``clickstream local`` (also used by tests, so they test it).
+
+    Forwarding headers (X-Forwarded-For/-Proto) are trusted only from ``forwarded_allow_ips``:
+    by default the client IP is the TCP peer, as API Gateway's ``$context.identity.sourceIp``.
+    """
+    return uvicorn.Config(
+        app, host=host, port=port, lifespan="on", access_log=False, log_level="warning",
+        http=protocol_for(limits or ServerLimits()),
+        proxy_headers=forwarded_allow_ips is not None, forwarded_allow_ips=forwarded_allow_ips,
+        timeout_graceful_shutdown=10, **options)

@@ -1,0 +1,147 @@
+"""The HTTP server's own limits (clickstream.server): header size, header and body timeouts, a
+connection cap, memory returned after slow clients leave, and a normal client served throughout;
+and where the client IP comes from. All on loopback, bounded in connections and time."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from clickstream import server
+from clickstream.collector import Collector
+from clickstream.server import ServerLimits
+from clickstream.stream import GroupCommitWriter, LocalStream
+from tests.conftest import KEY, WRITE_KEYS, free_port
+
+AUTH = "Basic " + base64.b64encode(f"{KEY}:".encode()).decode()
+TRACK = json.dumps({"userId": "u", "event": "e"}).encode()
+
+
+@contextmanager
+def serving(data_dir: Path, limits: ServerLimits | None = None, **options) -> Iterator[str]:
+    """A collector served exactly as `clickstream local` serves it (server.config), in a thread."""
+    port = free_port()
+    app = Collector(WRITE_KEYS, GroupCommitWriter(data_dir), api_host=f"127.0.0.1:{port}/v1")
+    uv = server.Server(server.config(app, "127.0.0.1", port, limits=limits, **options))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not uv.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=15)
+
+
+def stored(data_dir: Path) -> list[dict]:
+    stream = LocalStream(data_dir)
+    try:
+        return [json.loads(r.data) for r in stream.iter_from(0)]
+    finally:
+        stream.close()
+
+
+def connect(addr: str) -> socket.socket:
+    host, port = addr.split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Read until the server closes the connection; parse status, headers and body."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def request_head(extra: str = "", length: int = len(TRACK)) -> bytes:
+    return (f"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: {AUTH}\r\n"
+            f"Content-Length: {length}\r\n{extra}\r\n").encode()
+
+
+def test_headers_larger_than_api_gateways_10_kib_get_431(tmp_path):
+    with serving(tmp_path) as addr:
+        url = f"http://{addr}/v1/track"
+        fits = "x" * (10 * 1024 - 400)  # with the request line and the other headers: under 10,240 bytes
+        r = httpx.post(url, content=TRACK, headers={"Authorization": AUTH, "X-Pad": fits})
+        assert r.status_code == 200
+        r = httpx.post(url, content=TRACK, headers={"Authorization": AUTH, "X-Pad": "x" * 10 * 1024})
+        assert r.status_code == 431 and r.json()["code"] == "header_too_large"
+        assert "10240 bytes" in r.json()["message"]
+        # a header that never ends is refused once its bytes pass the bound, not buffered for ever
+        sock = connect(addr)
+        sock.sendall(request_head()[:-2] + b"X-Huge: " + b"y" * 30 * 1024)  # unterminated, > 2 x 10 KiB
+        status, _, body = read_response(sock)
+        sock.close()
+        assert status == 431 and json.loads(body)["code"] == "header_too_large"
+    assert [rec["userAgent"] for rec in stored(tmp_path)] == [r.request.headers["user-agent"]]
+
+
+def test_headers_and_bodies_that_never_finish_time_out_with_408(tmp_path):
+    limits = ServerLimits(header_timeout=0.5, body_timeout=0.5)
+    with serving(tmp_path, limits) as addr:
+        cases = {
+            "silent": b"",  # connects, sends nothing
+            "half a header": b"POST /v1/track HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+            "half a body": request_head(length=1000) + TRACK[:10],
+        }
+        for name, data in cases.items():
+            sock = connect(addr)
+            start = time.monotonic()
+            sock.sendall(data)
+            status, headers, body = read_response(sock)
+            took = time.monotonic() - start
+            sock.close()
+            assert status == 408 and json.loads(body)["code"] == "request_timeout", name
+            assert headers["connection"] == "close"
+            assert 0.4 < took < 3, (name, took)
+        # the clock restarts per request: a kept-alive connection is not cut by an earlier request's time
+        with httpx.Client(base_url=f"http://{addr}") as client:
+            for _ in range(3):
+                assert client.post("/v1/track", content=TRACK, headers={"Authorization": AUTH}).status_code == 200
+                time.sleep(0.3)
+    assert len(stored(tmp_path)) == 3  # nothing from the unfinished requests
+
+
+def test_connections_beyond_the_cap_get_503_and_are_closed(tmp_path):
+    limits = ServerLimits(max_connections=20, header_timeout=30)
+    with serving(tmp_path, limits) as addr:
+        idle = [connect(addr) for _ in range(20)]
+        try:
+            time.sleep(0.2)
+            r = httpx.post(f"http://{addr}/v1/track", content=TRACK, headers={"Authorization": AUTH}, timeout=5)
+            assert r.status_code == 503 and r.json()["code"] == "too_many_connections"
+            assert r.headers["retry-after"] == "1"
+        finally:
+            for sock in idle[:5]:
+                sock.close()
+        time.sleep(0.2)  # five slots free again: served
+        r = httpx.post(f"http://{addr}/v1/track", content=TRACK, headers={"Authorization": AUTH}, timeout=5)
+        assert r.status_code == 200
+        for sock in idle[5:]:
+            sock.close()
+    assert len(stored(tmp_path)) == 1
+
+
+@pytest.mark.parametrize("allow,expected", [(None, "127.0.0.1"), ("127.0.0.1", "203.0.113.9")])
+def test_client_ip_is_the_tcp_peer_unless_forwarding_is_trusted(tmp_path, allow, expected):
+    with serving(tmp_path, forwarded_allow_ips=allow) as addr:
+        r = httpx.post(f"http://{addr}/v1/track", content=TRACK,
+                       headers={"Authorization": AUTH, "X-Forwarded-For": "203.0.113.9"})
+        assert r.status_code == 200
+    assert [rec["ip"] for rec in stored(tmp_path)] == [expected]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import socket
 import threading
 import time
@@ -145,3 +146,61 @@ def test_client_ip_is_the_tcp_peer_unless_forwarding_is_trusted(tmp_path, allow,
                        headers={"Authorization": AUTH, "X-Forwarded-For": "203.0.113.9"})
         assert r.status_code == 200
     assert [rec["ip"] for rec in stored(tmp_path)] == [expected]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
+def test_slow_clients_hold_memory_only_until_they_time_out_and_a_normal_client_is_served(tmp_path):
+    """300 clients each send 400 KiB of a 500 KiB body and stall (the issue's ~500 MB at 1,000);
+    a normal client is served meanwhile, and the memory is returned once they time out."""
+    from tests.test_cli_local import start
+
+    port = free_port()
+    proc = start(tmp_path, port, "--body-timeout", "3", "--max-connections", "400")
+    url = f"http://127.0.0.1:{port}/v1/track"
+    slow: list[socket.socket] = []
+    try:
+        auth = ("cli-test-key", "")
+        for i in range(20):  # warm up
+            assert httpx.post(url, auth=auth, json={"userId": "u", "event": "warm", "messageId": f"w-{i}"}).is_success
+        base = rss_mb(proc.pid)
+        part = b'{"batch":[{"userId":"u","event":"slow","p":"' + b"x" * 400 * 1024
+        head = (f"POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {500 * 1024}\r\n\r\n").encode()
+        for _ in range(300):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(head + part)
+            slow.append(sock)
+        latencies = []
+        for i in range(10):  # a normal client, while they hold their connections
+            start_at = time.monotonic()
+            r = httpx.post(url, auth=("cli-test-key", ""), json={"userId": "u", "event": "n", "messageId": f"n-{i}"},
+                           timeout=5)
+            latencies.append(time.monotonic() - start_at)
+            assert r.status_code == 200
+        held = rss_mb(proc.pid)
+        assert held > base + 60, (base, held)  # the bodies really are held while their clients stall
+        answers = set()
+        for sock in slow:
+            status, _, body = read_response(sock)
+            answers.add((status, json.loads(body)["code"]))
+            sock.close()
+        assert answers == {(408, "request_timeout")}
+        time.sleep(1.0)
+        after = rss_mb(proc.pid)
+        assert after < base + 25, f"RSS {base:.0f} MB -> {held:.0f} MB with slow clients -> {after:.0f} MB after"
+        assert max(latencies) < 2.0, latencies
+    finally:
+        for sock in slow:
+            sock.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    stream = [rec["message"]["event"] for rec in stored(tmp_path)]
+    assert stream.count("n") == 10 and "slow" not in stream

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import itertools
 import json
 import uuid
 import zlib
@@ -91,6 +92,17 @@ def test_compressed_bodies(live_collector, encoding, compress):
     assert live_collector.records()[0]["message"]["event"] == "é✓"
 
 
+def test_a_gzip_body_of_several_members_is_read_whole(live_collector):
+    """RFC 1952 2.2: a gzip file is a series of members; all of them are the body (as gzip -d)."""
+    batch = [{"type": "track", "event": f"part-{i}", "userId": "u", "messageId": f"mm-{i}"} for i in range(3)]
+    text = json.dumps({"batch": batch, "writeKey": KEY}).encode()
+    cuts = [0, 20, len(text) // 2, len(text)]
+    raw = b"".join(gzip.compress(text[a:b]) for a, b in itertools.pairwise(cuts))
+    r = post(live_collector, "/v1/batch", None, {"Content-Encoding": "gzip"}, raw=raw)
+    assert r.status_code == 200
+    assert [rec["message"] for rec in live_collector.records()] == batch
+
+
 def test_basic_auth_without_colon_and_bearer_with_body_key(live_collector):
     no_colon = {"Authorization": "Basic " + base64.b64encode(KEY.encode()).decode()}
     assert post(live_collector, "/v1/track", {"userId": "u", "event": "a"}, no_colon).status_code == 200
@@ -166,6 +178,16 @@ BAD_INPUTS = [
     ("not gzip", "/v1/track", {**BASIC, "Content-Encoding": "gzip"}, b"plain", 400, "invalid_encoding"),
     ("gzip bomb", "/v1/batch", {**BASIC, "Content-Encoding": "gzip"},
      gzip.compress(b'{"batch":[' + b" " * (64 * 1024 * 1024) + b"]}"), 413, "request_too_large"),
+    # bytes after the end of the compressed data: refused, never ignored behind a 200
+    ("gzip + garbage", "/v1/track", {**BASIC, "Content-Encoding": "gzip"},
+     gzip.compress(json.dumps(GOOD).encode()) + b"trailing bytes", 400, "invalid_encoding"),
+    ("gzip + 2 MB trailer", "/v1/track", {**BASIC, "Content-Encoding": "gzip"},
+     gzip.compress(json.dumps(GOOD).encode()) + b"\0" * 2 * 1024 * 1024, 400, "invalid_encoding"),
+    ("deflate + second stream", "/v1/track", {**BASIC, "Content-Encoding": "deflate"},
+     zlib.compress(json.dumps(GOOD).encode()) + zlib.compress(b" "), 400, "invalid_encoding"),
+    # compressed bytes are bounded as well: 40,000 empty members inflate to nothing but are 800 KB
+    ("800 KB of empty gzip members", "/v1/track", {**BASIC, "Content-Encoding": "gzip"},
+     gzip.compress(json.dumps(GOOD).encode()) + gzip.compress(b"") * 40_000, 413, "request_too_large"),
 ]
 
 

@@ -5,9 +5,11 @@ being sent, and no cap on connections, so slow or hostile clients could hold mem
 descriptors for ever. :class:`GuardedProtocol` adds them; answers it gives by itself (the app never
 sees those requests) are JSON like the API's errors and close the connection:
 
-- 431 ``header_too_large`` when the request line and headers exceed ``max_header_bytes``
-  (10 KiB by default, API Gateway's limit for REST APIs: "Total combined size of request line and
-  header values: 10240 bytes", https://docs.aws.amazon.com/apigateway/latest/developerguide/api-gateway-execution-service-limits-table.html);
+- 431 ``header_too_large`` when the headers exceed ``max_header_bytes``, and 414 ``uri_too_long``
+  when the URL exceeds ``max_url_chars``: 10,240 each by default, API Gateway's limits for a
+  Regional REST API ("Total combined size of all header values, including header names, values,
+  any line terminators, and whitespaces: 10240 Bytes"; "Length, in characters, of the URL for a
+  Regional API: 10240", https://docs.aws.amazon.com/apigateway/latest/developerguide/api-gateway-execution-service-limits-table.html);
 - 408 ``request_timeout`` when the headers are not complete ``header_timeout`` seconds after the
   connection opened (or, on a kept-alive connection, after the request's first byte), or the body
   not complete ``body_timeout`` seconds after the headers;
@@ -35,7 +37,8 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from clickstream import contract
 
-API_GATEWAY_MAX_HEADER_BYTES = 10 * 1024
+API_GATEWAY_MAX_HEADER_BYTES = 10240  # names, values, ": " and line ends (see the module docstring)
+API_GATEWAY_MAX_URL_CHARS = 10240
 TRIM_AFTER_BYTES = 16 * 1024 * 1024  # abandoned body bytes before the heap is handed back to the OS
 
 
@@ -57,7 +60,8 @@ MALLOC_TRIM = _malloc_trim()
 
 @dataclass(frozen=True)
 class ServerLimits:
-    max_header_bytes: int = API_GATEWAY_MAX_HEADER_BYTES  # request line + header names and values
+    max_header_bytes: int = API_GATEWAY_MAX_HEADER_BYTES  # header names, values and framing
+    max_url_chars: int = API_GATEWAY_MAX_URL_CHARS
     header_timeout: float = 10.0  # seconds to send the request line and headers
     body_timeout: float = 30.0  # seconds to send the body once the headers are in (SDKs time out at 10-15 s)
     max_connections: int = 1000  # open connections; beyond: 503 and close (keep below the fd limit)
@@ -83,10 +87,10 @@ class GuardedProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._body_bytes = 0  # of the current request
-        self._header_bytes = 0  # request line + header names and values (the parser's view)
+        self._header_bytes = 0  # header names, values and framing, as API Gateway counts them
         self._raw_header_bytes = 0  # bytes received while the headers were not complete
         self._in_headers = True
-        self._header_overflow = False
+        self._header_overflow: str | None = None
         self._timer: Any = None
         self._closed = False
 
@@ -144,14 +148,14 @@ class GuardedProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         if self._in_headers:
             # The parser reports a header only once it is complete, buffering it until then; so the
-            # raw bytes before the end of the headers are bounded too (names, values and framing).
-            room = 2 * self.limits.max_header_bytes - self._raw_header_bytes
+            # raw bytes before the end of the headers (request line included) are bounded too.
+            room = self.limits.max_header_bytes + self.limits.max_url_chars + 1024 - self._raw_header_bytes
             if len(data) > room:
                 self._feed(data[:room])
                 if self._closed:
                     return
                 if self._in_headers:
-                    self._header_overflow = True
+                    self._header_overflow = "headers"
                     self._refuse_headers()
                     return
                 data = data[room:]
@@ -160,8 +164,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._feed(data)
 
     def _refuse_headers(self) -> None:
-        self._refuse(431, "header_too_large", "the request line and headers are larger than "
-                     f"{self.limits.max_header_bytes} bytes")
+        self._refuse(431, "header_too_large", f"the headers are larger than {self.limits.max_header_bytes} bytes")
 
     def _feed(self, data: bytes) -> None:
         try:
@@ -172,7 +175,9 @@ class GuardedProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
         except httptools.HttpParserError:
-            if self._header_overflow:
+            if self._header_overflow == "url":
+                self._refuse(414, "uri_too_long", f"the URL is longer than {self.limits.max_url_chars} characters")
+            elif self._header_overflow:
                 self._refuse_headers()
             else:
                 self._refuse(400, "invalid_request", "invalid HTTP request")
@@ -184,18 +189,17 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._timer is None:  # a kept-alive connection: this request's first byte starts the clock
             self._arm(self.limits.header_timeout, "headers")
 
-    def _count(self, n: int) -> None:
-        self._header_bytes += n
-        if self._header_bytes > self.limits.max_header_bytes:
-            self._header_overflow = True
-            raise ValueError("header too large")  # stops the parser; data_received answers 431
-
     def on_url(self, url: bytes) -> None:
-        self._count(len(url))
         super().on_url(url)
+        if len(self.url) > self.limits.max_url_chars:
+            self._header_overflow = "url"
+            raise ValueError("url too long")  # stops the parser; data_received answers 414
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value))
+        self._header_bytes += len(name) + len(value) + 4  # "name: value\r\n"
+        if self._header_bytes > self.limits.max_header_bytes:
+            self._header_overflow = "headers"
+            raise ValueError("header too large")  # stops the parser; data_received answers 431
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:

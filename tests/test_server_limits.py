@@ -75,7 +75,7 @@ def request_head(extra: str = "", length: int = len(TRACK)) -> bytes:
             f"Content-Length: {length}\r\n{extra}\r\n").encode()
 
 
-def test_headers_larger_than_api_gateways_10_kib_get_431(tmp_path):
+def test_headers_and_urls_beyond_api_gateways_10240_bytes_get_431_and_414(tmp_path):
     with serving(tmp_path) as addr:
         url = f"http://{addr}/v1/track"
         fits = "x" * (10 * 1024 - 400)  # with the request line and the other headers: under 10,240 bytes
@@ -84,9 +84,11 @@ def test_headers_larger_than_api_gateways_10_kib_get_431(tmp_path):
         r = httpx.post(url, content=TRACK, headers={"Authorization": AUTH, "X-Pad": "x" * 10 * 1024})
         assert r.status_code == 431 and r.json()["code"] == "header_too_large"
         assert "10240 bytes" in r.json()["message"]
+        r = httpx.post(url + "?q=" + "x" * 10240, content=TRACK, headers={"Authorization": AUTH})
+        assert r.status_code == 414 and r.json()["code"] == "uri_too_long"
         # a header that never ends is refused once its bytes pass the bound, not buffered for ever
         sock = connect(addr)
-        sock.sendall(request_head()[:-2] + b"X-Huge: " + b"y" * 30 * 1024)  # unterminated, > 2 x 10 KiB
+        sock.sendall(request_head()[:-2] + b"X-Huge: " + b"y" * 30 * 1024)  # unterminated
         status, _, body = read_response(sock)
         sock.close()
         assert status == 431 and json.loads(body)["code"] == "header_too_large"

@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "trusted for the client IP; default: none, the IP is the TCP peer (like API Gateway's "
                        "sourceIp)")
     local.add_argument("--max-connections", type=int, default=1000,
-                       help="open connections beyond this get 503 and are closed (default 1000)")
+                       help="open connections at most (default 1000): a new one replaces the longest idle, or "
+                       "gets 503 when all are busy")
     local.add_argument("--header-timeout", type=float, default=10.0,
                        help="seconds a client has to send the request line and headers (default 10; then 408)")
     local.add_argument("--body-timeout", type=float, default=30.0,

@@ -13,8 +13,10 @@ sees those requests) are JSON like the API's errors and close the connection:
 - 408 ``request_timeout`` when the headers are not complete ``header_timeout`` seconds after the
   connection opened (or, on a kept-alive connection, after the request's first byte), or the body
   not complete ``body_timeout`` seconds after the headers;
-- 503 ``too_many_connections`` (with Retry-After) to a connection beyond ``max_connections``,
-  closed at once, so descriptors are never exhausted and a client learns why.
+- at ``max_connections``, a new connection takes the place of the one that has waited longest
+  for a request (idle, or its headers unfinished); if every connection is busy with a request,
+  the new one gets 503 ``too_many_connections`` (with Retry-After) and is closed at once, so
+  descriptors are never exhausted and a client learns why.
 
 Closing a timed-out connection frees what its request held (the app's body buffer goes with it).
 """
@@ -39,6 +41,7 @@ from clickstream import contract
 
 API_GATEWAY_MAX_HEADER_BYTES = 10240  # names, values, ": " and line ends (see the module docstring)
 API_GATEWAY_MAX_URL_CHARS = 10240
+EVICT_IDLE_SECONDS = 0.5  # at the cap, a connection waiting this long for a request may be closed
 TRIM_AFTER_BYTES = 16 * 1024 * 1024  # abandoned body bytes before the heap is handed back to the OS
 
 
@@ -93,6 +96,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._header_overflow: str | None = None
         self._timer: Any = None
         self._closed = False
+        self._waiting_since = 0.0  # loop time since this connection waits for a request's first byte
 
     # -- timers -------------------------------------------------------------------------------
     def _arm(self, seconds: float, phase: str) -> None:
@@ -122,11 +126,37 @@ class GuardedProtocol(HttpToolsProtocol):
     # -- connection ---------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > self.limits.max_connections:
+        self._waiting_since = self.loop.time()
+        if len(self.connections) > self.limits.max_connections and not self._evict_one():
             self._refuse(503, "too_many_connections",
                          f"the server has {self.limits.max_connections} open connections; retry later", True)
             return
         self._arm(self.limits.header_timeout, "headers")
+
+    def _evict_one(self) -> bool:
+        """At the cap, make room by closing the connection that has waited longest for a request
+        (idle keep-alive, or headers still unfinished) for at least EVICT_IDLE_SECONDS; never one
+        whose request is being read or answered. So clients that hold connections without sending
+        (slowloris) cannot lock out a client that sends its request at once."""
+        now = self.loop.time()
+        oldest: GuardedProtocol | None = None
+        for other in self.connections:
+            if (other is self or not isinstance(other, GuardedProtocol) or other._closed or not other._in_headers
+                    or (other.cycle is not None and not other.cycle.response_complete)
+                    or now - other._waiting_since < EVICT_IDLE_SECONDS):
+                continue
+            if oldest is None or other._waiting_since < oldest._waiting_since:
+                oldest = other
+        if oldest is None:
+            return False
+        if oldest._raw_header_bytes:
+            oldest._refuse(408, "request_timeout", "the server needed the connection of this unfinished request")
+        else:  # an idle connection: close it like a keep-alive timeout would
+            type(self).refused["evicted_idle"] = type(self).refused.get("evicted_idle", 0) + 1
+            oldest._closed = True
+            oldest.transport.close()
+        self.connections.discard(oldest)
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -214,6 +244,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._disarm()
+        self._waiting_since = self.loop.time()
         self._body_bytes = 0  # a finished request's memory is reused by the next ones; no trim needed
         self._in_headers = True  # what comes next on this connection is the next request's head
         super().on_message_complete()

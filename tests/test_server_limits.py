@@ -121,24 +121,71 @@ def test_headers_and_bodies_that_never_finish_time_out_with_408(tmp_path):
     assert len(stored(tmp_path)) == 3  # nothing from the unfinished requests
 
 
-def test_connections_beyond_the_cap_get_503_and_are_closed(tmp_path):
-    limits = ServerLimits(max_connections=20, header_timeout=30)
+def test_connections_beyond_the_cap_get_503_when_all_are_busy(tmp_path):
+    limits = ServerLimits(max_connections=20, header_timeout=30, body_timeout=30)
     with serving(tmp_path, limits) as addr:
-        idle = [connect(addr) for _ in range(20)]
+        busy = [connect(addr) for _ in range(20)]
+        for sock in busy:  # each is sending a body: a request in progress, never taken over
+            sock.sendall(request_head(length=1000) + TRACK[:10])
         try:
-            time.sleep(0.2)
+            time.sleep(0.7)
             r = httpx.post(f"http://{addr}/v1/track", content=TRACK, headers={"Authorization": AUTH}, timeout=5)
             assert r.status_code == 503 and r.json()["code"] == "too_many_connections"
             assert r.headers["retry-after"] == "1"
         finally:
-            for sock in idle[:5]:
+            for sock in busy[:5]:
                 sock.close()
         time.sleep(0.2)  # five slots free again: served
         r = httpx.post(f"http://{addr}/v1/track", content=TRACK, headers={"Authorization": AUTH}, timeout=5)
         assert r.status_code == 200
-        for sock in idle[5:]:
+        for sock in busy[5:]:
             sock.close()
     assert len(stored(tmp_path)) == 1
+
+
+def test_clients_holding_connections_without_requests_cannot_lock_out_a_normal_client(tmp_path):
+    """Slowloris at the cap: 30 connections that send nothing or half a header, reopened as soon as
+    they are closed. A normal client (new connection per request) is served every time."""
+    limits = ServerLimits(max_connections=30, header_timeout=60)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def hold() -> None:
+        while not stop.is_set():
+            for sock in list(held):
+                try:
+                    sock.setblocking(False)
+                    if sock.recv(1024) == b"":  # closed by the server: open another
+                        held.remove(sock)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    held.remove(sock)
+            while len(held) < 30 and not stop.is_set():
+                sock = connect(addr)
+                if len(held) % 2:
+                    sock.sendall(b"POST /v1/track HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                held.append(sock)
+            time.sleep(0.05)
+
+    with serving(tmp_path, limits) as addr:
+        attacker = threading.Thread(target=hold)
+        attacker.start()
+        try:
+            time.sleep(1.0)  # the cap is full of them
+            answers = []
+            for _ in range(10):
+                r = httpx.post(f"http://{addr}/v1/track", content=TRACK, headers={"Authorization": AUTH},
+                               timeout=5)
+                answers.append(r.status_code)
+                time.sleep(0.6)  # they reconnect meanwhile and wait long enough to be taken over
+            assert answers == [200] * 10
+        finally:
+            stop.set()
+            attacker.join(10)
+            for sock in held:
+                sock.close()
+    assert len(stored(tmp_path)) == 10
 
 
 @pytest.mark.parametrize("allow,expected", [(None, "127.0.0.1"), ("127.0.0.1", "203.0.113.9")])

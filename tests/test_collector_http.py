@@ -210,3 +210,44 @@ def test_get_on_tracking_route_is_405(live_collector):
     assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
     assert r.headers["allow"] == "POST, OPTIONS"
     assert live_collector.records() == []
+
+
+def test_routes_and_mounted_apps_extend_the_collector(tmp_path):
+    """Hooks for other local features: add_route (JSON handlers) and mount (a whole ASGI app)."""
+    import asyncio
+
+    from clickstream.collector import Collector
+    from clickstream.stream import GroupCommitWriter
+    from tests.conftest import WRITE_KEYS
+
+    app = Collector(WRITE_KEYS, GroupCommitWriter(tmp_path))
+    seen = []
+
+    async def ui(scope, receive, send):
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/html")]})
+        await send({"type": "http.response.body", "body": b"<h1>ui</h1>"})
+
+    async def hello(scope, headers, receive):
+        return 200, json.dumps({"hello": headers.get("x-name")}).encode(), []
+
+    app.mount("/_clickstream/ui/", ui)
+    app.add_route("/_clickstream/hello", hello)
+    with pytest.raises(ValueError):
+        app.add_route("/v1/track", hello)  # tracking routes cannot be shadowed
+    with pytest.raises(ValueError):
+        app.mount("/v1/", ui)
+
+    async def calls():
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://local") as client:
+            return (await client.get("/_clickstream/ui/index.html"),
+                    await client.get("/_clickstream/hello", headers={"X-Name": "ada"}),
+                    await client.post("/_clickstream/hello"),
+                    await client.post("/_clickstream/query", json={"sql": "SELECT 1"}))
+
+    page, hello_r, wrong, query = asyncio.run(calls())
+    assert page.text == "<h1>ui</h1>" and seen == ["/_clickstream/ui/index.html"]
+    assert hello_r.json() == {"hello": "ada"} and hello_r.headers["access-control-allow-origin"] == "*"
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "GET, HEAD, OPTIONS"
+    assert query.status_code == 404  # no query function and no token: the admin route stays hidden

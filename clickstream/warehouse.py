@@ -171,10 +171,14 @@ class Loader:
         self.failures = 0  # consecutive failed passes; 0 when the last one succeeded
         self.last_error: str | None = None
 
-    def start(self) -> None:
+    def start(self, *, lock_configuration: bool = False) -> None:
+        """Start the thread; ``lock_configuration`` locks DuckDB's settings (see :func:`lock_down`)
+        once the loader's own are made, before the thread shares the connection."""
         # One DuckDB thread: the merge then runs only in this (lower-priority) thread, instead of in
         # worker threads started at full priority that compete with the collector.
         self.warehouse.conn.execute("SET threads = 1")
+        if lock_configuration:
+            lock_down(self.warehouse.conn)
 
         def loop() -> None:
             # Ingest latency first: the merge is background work, so it runs at a lower priority
@@ -468,8 +472,7 @@ def _loader_main(data_dir: str, interval: float, batch: int, archive: dict[str, 
                 raise
             time.sleep(0.2)
     loader = Loader(warehouse, data_dir, interval=interval, batch=batch)
-    loader.start()
-    lock_down(warehouse.conn)  # after the loader's own settings; from here on nothing can change them
+    loader.start(lock_configuration=True)  # after the loader's own settings nothing can change them
     archiver = None
     if archive is not None:
         archiver = Archiver(data_dir, buffer_bytes=int(archive["buffer_bytes"]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,8 @@ class HealthReport:
         self.archive_buffer_seconds = archive_buffer_seconds
         self._lock = threading.Lock()
         self._stream: LocalStream | None = None
+        # Counters of refused requests by code (live dicts: the collector's, the HTTP server's).
+        self.refusals: list[Mapping[str, int]] = []
 
     def close(self) -> None:
         with self._lock:
@@ -57,8 +60,14 @@ class HealthReport:
         with self._lock:
             if self._stream is None:
                 self._stream = LocalStream(self.data_dir)
-            return build(self._stream, writer=self.writer, consumer=self.consumer,
-                         archive_buffer_seconds=self.archive_buffer_seconds)
+            doc = build(self._stream, writer=self.writer, consumer=self.consumer,
+                        archive_buffer_seconds=self.archive_buffer_seconds)
+        refused: dict[str, int] = {}
+        for counts in self.refusals:
+            for code, n in list(counts.items()):
+                refused[code] = refused.get(code, 0) + n
+        doc["refused"] = dict(sorted(refused.items()))  # since start, by error code
+        return doc
 
 
 def build(stream: LocalStream, *, writer: Any = None, consumer: Any = None,
@@ -140,6 +149,8 @@ def format_status(doc: dict[str, Any], where: str | None = None) -> str:
     a = doc["archive"]
     text = f"  archive    : {_count(a['lag_records'], 'record')} behind ({a['lag_seconds']:.1f} s"
     lines.append(text + (f"; buffers up to {a['buffer_seconds']:g} s)" if a.get("buffer_seconds") else ")"))
+    if doc.get("refused"):
+        lines.append("  refused    : " + ", ".join(f"{n:,} {code}" for code, n in doc["refused"].items()))
     if "consumer_process" in doc:
         c = doc["consumer_process"]
         text = f"  consumer   : pid {c['pid']}, {'alive' if c['alive'] else 'down'}, {_count(c['restarts'], 'restart')}"

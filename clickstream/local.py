@@ -67,6 +67,7 @@ class LocalPipeline:
 
     app: Collector
     warehouse: LoaderProcess  # the warehouse loader and the archiver, in a child process
+    health: HealthReport  # what GET /health answers
 
 
 def build_pipeline(
@@ -110,7 +111,8 @@ def build_pipeline(
         return (200 if doc["status"] == "ok" else 503), orjson.dumps(doc), [(b"cache-control", b"no-store")]
 
     app.add_route(HEALTH_PATH, health_route)
-    return LocalPipeline(app, warehouse)
+    health.refusals.append(app.refused)  # the API's refusals by error code
+    return LocalPipeline(app, warehouse, health)
 
 
 def run_local(*, host: str, port: int, data_dir: Path, write_keys: Mapping[str, str],
@@ -120,6 +122,7 @@ def run_local(*, host: str, port: int, data_dir: Path, write_keys: Mapping[str, 
     pipeline = build_pipeline(host=host, port=port, data_dir=data_dir, write_keys=write_keys, **options)
     config = server.config(pipeline.app, host, port, limits=server_limits, forwarded_allow_ips=forwarded_allow_ips,
                            loop="uvloop" if sys.platform != "win32" else "asyncio")
+    pipeline.health.refusals.append(config.http.refused)  # and the server's own (408, 414, 431, 503)
     print(banner(host, port, write_keys, data_dir), flush=True)
     server.Server(config).run()
     return 0

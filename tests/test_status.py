@@ -32,8 +32,11 @@ def test_health_and_status_follow_a_killed_consumer_and_sigterm_exits_0(tmp_path
         r = httpx.post(f"{url}/v1/track", auth=("cli-test-key", ""),
                        json={"userId": "u", "event": "a", "messageId": "h-1"})
         assert r.status_code == 200
+        assert httpx.post(f"{url}/v1/track", json={"userId": "u", "writeKey": "wrong-key-123"}).status_code == 401
+        assert httpx.get(f"{url}/health", headers={"X-Pad": "x" * 11_000}).status_code == 431
         health = httpx.get(f"{url}/health").json()
         assert health["status"] == "ok" and health["problems"] == []
+        assert health["refused"] == {"header_too_large": 1, "invalid_write_key": 1}
         assert health["consumer_process"]["alive"] and health["consumer_process"]["restarts"] == 0
         child = health["consumer_process"]["pid"]
         assert child != proc.pid
@@ -74,6 +77,7 @@ def test_health_and_status_follow_a_killed_consumer_and_sigterm_exits_0(tmp_path
         out = status(tmp_path)
         assert out.returncode == 0 and "running, ok" in out.stdout
         assert "1 restart (last exit code -9" in out.stdout and "warehouse  : 0 records behind" in out.stdout
+        assert "refused    : 1 header_too_large, 1 invalid_write_key" in out.stdout
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)

@@ -26,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
+import logging
 import signal
 import threading
 from collections.abc import Callable, Generator
@@ -293,6 +295,35 @@ class Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+FD_RESERVE = 128  # descriptors kept for everything but client connections (files, pipes, the loop)
+
+
+def fit_descriptors(limits: ServerLimits) -> ServerLimits:
+    """Make room for ``max_connections`` under the process's open-file limit.
+
+    The connection cap only works below that limit: past it, accept() fails and every client is
+    starved. The soft limit is raised towards the hard one as far as needed; if the hard limit is
+    too low, the cap is lowered to fit, with a warning.
+    """
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return limits
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = limits.max_connections + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        fitted = max(soft - FD_RESERVE, 1)
+        logging.getLogger("clickstream.server").warning(
+            "the open-file limit is %d: at most %d connections instead of %d", soft, fitted, limits.max_connections)
+        return dataclasses.replace(limits, max_connections=fitted)
+    return limits
+
+
 def config(app: Any, host: str, port: int, *, limits: ServerLimits | None = None,
            forwarded_allow_ips: str | None = None, **options: Any) -> uvicorn.Config:
     """The uvicorn configuration of ``clickstream local`` (also used by tests, so they test it).
@@ -302,6 +333,6 @@ def config(app: Any, host: str, port: int, *, limits: ServerLimits | None = None
     """
     return uvicorn.Config(
         app, host=host, port=port, lifespan="on", access_log=False, log_level="warning",
-        http=protocol_for(limits or ServerLimits()),
+        http=protocol_for(fit_descriptors(limits or ServerLimits())),
         proxy_headers=forwarded_allow_ips is not None, forwarded_allow_ips=forwarded_allow_ips,
         timeout_graceful_shutdown=10, **options)

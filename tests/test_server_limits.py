@@ -253,3 +253,22 @@ def test_slow_clients_hold_memory_only_until_they_time_out_and_a_normal_client_i
         proc.wait(timeout=30)
     stream = [rec["message"]["event"] for rec in stored(tmp_path)]
     assert stream.count("n") == 10 and "slow" not in stream
+
+
+def test_the_connection_cap_fits_under_the_open_file_limit(monkeypatch):
+    """Past the fd limit accept() fails for everyone, so the cap must stay below it."""
+    import resource
+
+    calls = []
+    monkeypatch.setattr(resource, "setrlimit", lambda what, value: calls.append(value))
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (1024, 4096))
+    assert server.fit_descriptors(ServerLimits(max_connections=1000)).max_connections == 1000
+    assert calls == [(1000 + server.FD_RESERVE, 4096)]  # the soft limit raised as far as needed
+
+    def refuse(what, value):
+        raise ValueError("not permitted")
+
+    monkeypatch.setattr(resource, "setrlimit", refuse)
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (1024, 1024))
+    assert server.fit_descriptors(ServerLimits(max_connections=1000)).max_connections == 1024 - server.FD_RESERVE
+    assert server.fit_descriptors(ServerLimits(max_connections=500)).max_connections == 500

@@ -69,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "loader (default 1000000)")
     local.add_argument("--min-free-mb", type=int, default=256,
                        help="answer 503 while the data dir's disk has less free space (default 256)")
+    local.add_argument("--forwarded-allow-ips", metavar="IPS",
+                       help="comma-separated proxy addresses (or *) whose X-Forwarded-For/-Proto headers are "
+                       "trusted for the client IP; default: none, the IP is the TCP peer (like API Gateway's "
+                       "sourceIp)")
+    local.add_argument("--max-connections", type=int, default=1000,
+                       help="open connections at most (default 1000): a new one replaces the longest idle, or "
+                       "gets 503 when all are busy")
+    local.add_argument("--header-timeout", type=float, default=10.0,
+                       help="seconds a client has to send the request line and headers (default 10; then 408)")
+    local.add_argument("--body-timeout", type=float, default=30.0,
+                       help="seconds a client has to send the body after the headers (default 30; then 408)")
     local.set_defaults(func=_cmd_local)
 
     query = sub.add_parser(
@@ -83,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
     query.add_argument("sql", help="the SQL statement")
     query.set_defaults(func=_cmd_query)
+
+    status = sub.add_parser(
+        "status",
+        help="show the local pipeline's health: backlog, warehouse and archive lag, consumer restarts",
+        description="Show the health of `clickstream local` for --data-dir (its /health route while it runs; "
+        "the stream's checkpoints otherwise). Exit code 0: running and healthy; 1: running but degraded "
+        "(the problems are listed); 3: not running.",
+    )
+    _data_dir_option(status)
+    _json_option(status, "the health document")
+    status.set_defaults(func=_cmd_status)
 
     records = sub.add_parser(
         "records",
@@ -288,6 +310,7 @@ def _write_keys(specs: Sequence[str] | None) -> dict[str, str]:
 
 def _cmd_local(args: argparse.Namespace) -> int:
     from clickstream.local import run_local
+    from clickstream.server import ServerLimits
     from clickstream.stream import Limits
 
     try:
@@ -300,6 +323,9 @@ def _cmd_local(args: argparse.Namespace) -> int:
         archive_buffer_bytes=int(args.archive_buffer_mb * 1024 * 1024),
         archive_buffer_seconds=args.archive_buffer_seconds, load_interval=args.load_interval,
         limits=Limits(max_backlog=args.max_backlog, min_free_bytes=args.min_free_mb * 2**20),
+        server_limits=ServerLimits(header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+                                   max_connections=args.max_connections),
+        forwarded_allow_ips=args.forwarded_allow_ips,
     )
 
 
@@ -313,6 +339,40 @@ def _cmd_query(args: argparse.Namespace) -> int:
         return 1
     sys.stdout.write(format_rows(columns, rows, args.format))
     return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from clickstream import health
+    from clickstream.query import running
+    from clickstream.stream import STREAM_FILE
+
+    state = running(args.data_dir)
+    where = None
+    if state and state.get("health_url"):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(state["health_url"], timeout=10) as response:
+                doc = json.loads(response.read())
+        except urllib.error.HTTPError as exc:  # 503: degraded, same document
+            doc = json.loads(exc.read())
+        except OSError as exc:
+            print(f"clickstream status: the pipeline (pid {state['pid']}) does not answer: {exc}", file=sys.stderr)
+            return 1
+        where = f"pid {state['pid']}, {state['health_url'].rsplit('/', 1)[0]}"
+    elif (args.data_dir / STREAM_FILE).exists():
+        doc = health.offline(args.data_dir)
+    else:
+        print(f"clickstream status: no pipeline data in {args.data_dir}", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        sys.stdout.write(health.format_status(doc, where))
+    return {"ok": 0, "degraded": 1}.get(doc["status"], 3)
 
 
 def _cmd_records(args: argparse.Namespace) -> int:

@@ -23,6 +23,11 @@ log = logging.getLogger("clickstream.collector")
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]  # status, JSON body, extra headers
+# A route handler gets the scope, the lower-cased request headers and ``receive``; raising
+# IngestError answers with that error (Segment-shaped body, Retry-After when retryable).
+Handler = Callable[[Scope, dict[str, str], Receive], Awaitable[Answer]]
 
 _SUCCESS = contract.SUCCESS_BODY.encode()
 ADMIN_QUERY_PATH = "/_clickstream/query"
@@ -64,6 +69,26 @@ class Collector:
         self.refused: dict[str, int] = {}
         self._request_id = RequestIds()
         self._cors_any = self._cors_headers(None) if "*" in self.allowed_origins else None
+        self._routes: dict[str, tuple[tuple[str, ...] | None, Handler]] = {}
+        self._mounts: list[tuple[str, ASGIApp]] = []
+        self.add_route(ADMIN_QUERY_PATH, self._admin_query, methods=None)  # hidden (404) unless authorised
+
+    # -- extension points ---------------------------------------------------------------------
+    def add_route(self, path: str, handler: Handler, methods: Sequence[str] | None = ("GET", "HEAD")) -> None:
+        """Serve ``path`` exactly with ``handler`` (JSON answers); other methods get 405.
+
+        ``methods=None`` hands every method to the handler. Tracking routes cannot be shadowed.
+        """
+        if contract.route_of(path) is not None or path.startswith(contract.SETTINGS_PREFIX):
+            raise ValueError(f"{path} is a tracking API path")
+        self._routes[path] = (tuple(methods) if methods is not None else None, handler)
+
+    def mount(self, prefix: str, app: ASGIApp) -> None:
+        """Hand every HTTP request under ``prefix`` (e.g. ``/_clickstream/ui/``) to another ASGI app
+        as is: its own responses, headers and body reading. Routes added with add_route win."""
+        if not prefix.startswith("/_clickstream/"):
+            raise ValueError("mounted apps live under /_clickstream/")
+        self._mounts.append((prefix, app))
 
     # -- ASGI ---------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -72,18 +97,23 @@ class Collector:
             return
         if scope["type"] != "http":
             return
+        if self._mounts and scope["path"] not in self._routes:
+            for prefix, app in self._mounts:
+                if scope["path"].startswith(prefix):
+                    await app(scope, receive, send)
+                    return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         cors = self._cors_any or self._cors_headers(headers.get("origin"))
         try:
             status, body, extra = await self._handle(scope, headers, receive)
         except IngestError as exc:
-            status, body, extra = exc.status, exc.body(), self._retry_after(exc.status)
+            status, body, extra = exc.status, exc.body(), self._retry_after(exc.error)
             extra += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
             self.refused[exc.code] = self.refused.get(exc.code, 0) + 1
         except Exception:  # never let a bug become a hung connection or a silent 200
             log.exception("unexpected error")
             err = IngestError("internal_error")
-            status, body, extra = err.status, err.body(), self._retry_after(err.status)
+            status, body, extra = err.status, err.body(), self._retry_after(err.error)
         response_headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -116,8 +146,13 @@ class Collector:
         path = scope["path"]
         if method == "OPTIONS":
             return 204, b"", []
-        if path == ADMIN_QUERY_PATH:
-            return await self._admin_query(scope, headers, receive)
+        route = self._routes.get(path)
+        if route is not None:
+            methods, handler = route
+            if methods is not None and method not in methods:
+                raise IngestError("method_not_allowed", f"{path} takes {', '.join(methods)}",
+                                  headers={"Allow": ", ".join((*methods, "OPTIONS"))})
+            return await handler(scope, headers, receive)
         if path == OPENAPI_PATH and method in ("GET", "HEAD"):
             from clickstream.openapi import document
 
@@ -127,18 +162,18 @@ class Collector:
             if method not in ("GET", "HEAD"):
                 raise IngestError("method_not_allowed", headers={"Allow": "GET, HEAD, OPTIONS"})
             return self._settings(path[len(prefix) : -len(suffix)])
-        route = contract.route_of(path)
-        if route is None:
+        segment = contract.route_of(path)
+        if segment is None:
             raise IngestError("not_found", f"no route {path}")
         if method != "POST":
             raise IngestError("method_not_allowed", f"{path} takes POST", headers={"Allow": "POST, OPTIONS"})
         if not media_type_ok(headers.get("content-type")):
             raise IngestError("unsupported_media_type")
         body = await self._read_body(headers, receive)
-        if route == contract.METRICS_ROUTE:
+        if segment == contract.METRICS_ROUTE:
             return 200, _SUCCESS, []
         info = RequestInfo(
-            route=route,
+            route=segment,
             request_id=self._request_id(),
             received_at_ms=now_ms(),
             ip=(scope.get("client") or ("",))[0] or "",
@@ -193,14 +228,13 @@ class Collector:
         from clickstream.warehouse import QueryFailed
 
         try:
-            check_read_only(sql)
+            check_read_only(sql)  # an early, friendly error; the guard is where the query runs
             columns, rows = await asyncio.to_thread(self.query, sql)
         except QueryError as exc:
             raise IngestError("invalid_request", str(exc)) from exc
-        except QueryFailed as exc:
-            raise IngestError("invalid_request", f"query failed: {exc}") from exc
-        except Exception as exc:  # a SQL error is the caller's to read, not a server failure
-            raise IngestError("invalid_request", f"query failed: {exc}") from exc
+        except QueryFailed as exc:  # the query's fault is a 400; the server's (memory, I/O, process) a 503
+            raise IngestError("unavailable" if exc.server_fault else "invalid_request",
+                              f"query failed: {exc}") from exc
         return 200, orjson.dumps({"columns": columns, "rows": rows}, default=str), []
 
     def _settings(self, write_key: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
@@ -226,7 +260,7 @@ class Collector:
         ]
 
     @staticmethod
-    def _retry_after(status: int) -> list[tuple[bytes, bytes]]:
-        if status >= 500 or status == 429:
+    def _retry_after(error: contract.ErrorCode) -> list[tuple[bytes, bytes]]:
+        if error.retryable:  # the contract's rule: the SDKs retry these, so say when
             return [(b"retry-after", str(contract.RETRY_AFTER_SECONDS).encode())]
         return []

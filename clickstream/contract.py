@@ -197,7 +197,7 @@ def parse_write_keys(specs: Iterable[str] | Mapping[str, str]) -> dict[str, str]
 
 def write_key_from_basic_auth(header: str | None) -> str | None:
     """The key in ``Authorization: Basic base64(key:)``; the colon and password are optional."""
-    if not header or not header.startswith("Basic "):
+    if not header or header[:6].lower() != "basic ":  # the scheme is case-insensitive (RFC 7617 section 2)
         return None
     # Same decoding as $util.base64Decode in the mapping template, so both find the same key.
     try:

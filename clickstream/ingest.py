@@ -75,22 +75,33 @@ def media_type_ok(content_type: str | None) -> bool:
     return media in contract.ACCEPTED_MEDIA_TYPES
 
 
+# Compressed bytes allowed beyond the decompressed limit: deflate's worst case for incompressible
+# data is 5 bytes per 64 KiB stored block, plus gzip's 18-byte frame (RFC 1951 3.2.4, RFC 1952 2.3).
+COMPRESSION_OVERHEAD_BYTES = 1024
+
+
 class BodyReader:
     """Accumulates a request body chunk by chunk, inflating it if needed, within the size limit.
 
     The limit applies to the decompressed bytes while they are produced, so a gzip bomb costs at
-    most ``limit`` bytes of memory before it is refused.
+    most ``limit`` bytes of memory before it is refused; the compressed bytes are bounded too, so
+    nothing after the end of the compressed data can be buffered without limit. A gzip body may
+    hold several members (RFC 1952 2.2: "a series of members"), read one after the other like
+    ``gzip -d`` does; any other bytes after the end of the compressed data refuse the request
+    rather than being dropped behind a 200.
     """
 
     def __init__(self, content_encoding: str | None, limit: int = contract.MAX_REQUEST_BYTES) -> None:
         encoding = (content_encoding or "identity").strip().lower()
         if encoding not in contract.ACCEPTED_CONTENT_ENCODINGS:
             raise IngestError("unsupported_encoding")
+        self._encoding = encoding
         # wbits 47 = 32 + 15: accept both gzip and zlib ("deflate" in HTTP) framing.
         self._inflater = zlib.decompressobj(47) if encoding != "identity" else None
         self._limit = limit
         self._parts: list[bytes] = []
         self._size = 0
+        self._compressed = 0
 
     def _add(self, data: bytes) -> None:
         self._size += len(data)
@@ -102,14 +113,19 @@ class BodyReader:
         if self._inflater is None:
             self._add(chunk)
             return
+        self._compressed += len(chunk)
+        if self._compressed > self._limit + COMPRESSION_OVERHEAD_BYTES:
+            raise IngestError("request_too_large", f"compressed request body is larger than {self._limit} bytes")
+        data = chunk
         try:
-            data = self._inflater.decompress(chunk, self._limit + 1 - self._size)
-            self._add(data)
-            while self._inflater.unconsumed_tail:
-                data = self._inflater.decompress(self._inflater.unconsumed_tail, self._limit + 1 - self._size)
-                if not data:
-                    break
-                self._add(data)
+            while data:
+                if self._inflater.eof:  # one member ended; only another gzip member may follow
+                    if self._encoding != "gzip":
+                        raise IngestError("invalid_encoding", "bytes after the end of the compressed body")
+                    self._inflater = zlib.decompressobj(31)
+                # room >= 1 here (_add raises past the limit), so max_length is never 0 ("no limit")
+                self._add(self._inflater.decompress(data, self._limit + 1 - self._size))
+                data = self._inflater.unused_data if self._inflater.eof else self._inflater.unconsumed_tail
         except zlib.error as exc:
             raise IngestError("invalid_encoding", f"request body could not be decompressed: {exc}") from exc
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import shlex
@@ -10,12 +11,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import uvicorn
+import orjson
 
-from clickstream import contract
+from clickstream import contract, server
 from clickstream.archive import DEFAULT_BUFFER_BYTES, DEFAULT_BUFFER_SECONDS
 from clickstream.collector import ADMIN_QUERY_PATH, Collector
+from clickstream.health import HEALTH_PATH, HealthReport
 from clickstream.query import LOCAL_STATE_FILE, write_state
+from clickstream.server import ServerLimits
 from clickstream.stream import GroupCommitWriter, Limits
 from clickstream.warehouse import LoaderProcess
 
@@ -64,6 +67,7 @@ class LocalPipeline:
 
     app: Collector
     warehouse: LoaderProcess  # the warehouse loader and the archiver, in a child process
+    health: HealthReport  # what GET /health answers
 
 
 def build_pipeline(
@@ -86,36 +90,39 @@ def build_pipeline(
     token = secrets.token_urlsafe(24)
     admin_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     state_path = data_dir / LOCAL_STATE_FILE
+    health = HealthReport(data_dir, writer=writer, consumer=warehouse, archive_buffer_seconds=archive_buffer_seconds)
 
     def startup() -> None:
         warehouse.start()
-        write_state(data_dir, f"http://{admin_host}:{port}{ADMIN_QUERY_PATH}", token)
+        write_state(data_dir, f"http://{admin_host}:{port}{ADMIN_QUERY_PATH}", token,
+                    health_url=f"http://{admin_host}:{port}{HEALTH_PATH}")
 
     def shutdown() -> None:
         # The writer has committed everything queued; archive and load what is left, then close.
         state_path.unlink(missing_ok=True)
         warehouse.stop()
+        health.close()
 
     app = Collector(write_keys, writer, api_host=f"{host}:{port}{contract.API_PREFIX}", allowed_origins=origins,
                     on_startup=[startup], on_shutdown=[shutdown], query=warehouse.query, admin_token=token)
-    return LocalPipeline(app, warehouse)
+
+    async def health_route(scope: dict, headers: dict[str, str], receive) -> tuple[int, bytes, list]:
+        doc = await asyncio.to_thread(health)
+        return (200 if doc["status"] == "ok" else 503), orjson.dumps(doc), [(b"cache-control", b"no-store")]
+
+    app.add_route(HEALTH_PATH, health_route)
+    health.refusals.append(app.refused)  # the API's refusals by error code
+    return LocalPipeline(app, warehouse, health)
 
 
-def run_local(*, host: str, port: int, data_dir: Path, write_keys: Mapping[str, str], **options) -> int:
+def run_local(*, host: str, port: int, data_dir: Path, write_keys: Mapping[str, str],
+              server_limits: ServerLimits | None = None, forwarded_allow_ips: str | None = None, **options) -> int:
+    """Serve until SIGTERM or Ctrl-C; after the graceful stop, exit status 0."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     pipeline = build_pipeline(host=host, port=port, data_dir=data_dir, write_keys=write_keys, **options)
-    config = uvicorn.Config(
-        pipeline.app,
-        host=host,
-        port=port,
-        lifespan="on",
-        access_log=False,
-        log_level="warning",
-        http="httptools",
-        loop="uvloop" if sys.platform != "win32" else "asyncio",
-        timeout_graceful_shutdown=10,
-    )
-    server = uvicorn.Server(config)
+    config = server.config(pipeline.app, host, port, limits=server_limits, forwarded_allow_ips=forwarded_allow_ips,
+                           loop="uvloop" if sys.platform != "win32" else "asyncio")
+    pipeline.health.refusals.append(config.http.refused)  # and the server's own (408, 414, 431, 503)
     print(banner(host, port, write_keys, data_dir), flush=True)
-    server.run()
+    server.Server(config).run()
     return 0

@@ -21,7 +21,9 @@ class QueryError(Exception):
 
 
 def check_read_only(sql: str) -> None:
-    """Refuse anything but reads: the warehouse is written only by the model's merge."""
+    """A friendly early error for anything but reads. Not the guard: a parser's view of SQL can
+    differ from DuckDB's, so queries also run where they cannot write or reconfigure anything
+    (``clickstream.warehouse.read_only_query``), whatever this check thinks."""
     try:
         trees = [t for t in sqlglot.parse(sql, read="duckdb") if t is not None]
     except sqlglot.errors.ParseError as exc:
@@ -32,14 +34,17 @@ def check_read_only(sql: str) -> None:
         raise QueryError(f"only read-only queries are allowed, not {trees[0].key.upper()}")
 
 
-def write_state(data_dir: Path, admin_url: str, token: str) -> Path:
+def write_state(data_dir: Path, admin_url: str, token: str, *, health_url: str | None = None) -> Path:
+    """Tell `clickstream query` and `clickstream status` where the running pipeline answers."""
     path = Path(data_dir) / LOCAL_STATE_FILE
-    path.write_text(json.dumps({"pid": os.getpid(), "admin_url": admin_url, "token": token}))
+    path.write_text(json.dumps({"pid": os.getpid(), "admin_url": admin_url, "token": token,
+                                "health_url": health_url}))
     path.chmod(0o600)
     return path
 
 
-def _running(data_dir: Path) -> dict | None:
+def running(data_dir: Path) -> dict | None:
+    """The state file of the `clickstream local` serving ``data_dir``, or None if none runs."""
     path = Path(data_dir) / LOCAL_STATE_FILE
     if not path.exists():
         return None
@@ -53,7 +58,7 @@ def _running(data_dir: Path) -> dict | None:
 
 def run_query(data_dir: Path, sql: str) -> tuple[list[str], list[list[Any]]]:
     check_read_only(sql)
-    state = _running(data_dir)
+    state = running(data_dir)
     if state:
         import urllib.error
         import urllib.request
@@ -69,7 +74,7 @@ def run_query(data_dir: Path, sql: str) -> tuple[list[str], list[list[Any]]]:
         except urllib.error.HTTPError as exc:
             raise QueryError(json.loads(exc.read()).get("message", str(exc))) from exc
         return body["columns"], body["rows"]
-    from clickstream.warehouse import WAREHOUSE_FILE, Warehouse
+    from clickstream.warehouse import WAREHOUSE_FILE, QueryFailed, Warehouse, lock_down
 
     path = Path(data_dir) / WAREHOUSE_FILE
     if not path.exists():
@@ -81,9 +86,10 @@ def run_query(data_dir: Path, sql: str) -> tuple[list[str], list[list[Any]]]:
     except duckdb.IOException as exc:
         raise QueryError(f"cannot open {path}: {exc}") from exc
     try:
+        lock_down(wh.conn)  # the file is read-only already; this keeps SQL away from other files too
         columns, rows = wh.query(sql)
         return columns, [list(r) for r in rows]
-    except duckdb.Error as exc:
+    except QueryFailed as exc:
         raise QueryError(f"query failed: {exc}") from exc
     finally:
         wh.close()

@@ -183,6 +183,13 @@ class LocalStream:
             yield from rows
             after = rows[-1].seq
 
+    def arrival_ms_of(self, seq: int) -> int | None:
+        """Arrival time of the record with sequence number ``seq`` (its chunk's), None if there is none."""
+        row = self._conn.execute(
+            "SELECT first_seq, n, arrival_ms FROM chunks WHERE first_seq <= ? ORDER BY first_seq DESC LIMIT 1", (seq,)
+        ).fetchone()
+        return row[2] if row and row[0] + row[1] > seq else None
+
     def last_seq(self) -> int:
         return self._conn.execute(_LAST_SEQ).fetchone()[0]
 

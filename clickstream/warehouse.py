@@ -142,18 +142,21 @@ class Warehouse:
             total += len(records)
 
     def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """Run on its own cursor, so readers in other threads never share the loader's connection."""
-        cursor = self.conn.cursor()
-        try:
-            result = cursor.execute(sql)
-            columns = [d[0] for d in result.description] if result.description else []
-            return columns, result.fetchall()
-        finally:
-            cursor.close()
+        """One read-only statement (see :func:`read_only_query`); it can never write or reconfigure."""
+        return read_only_query(self.conn, sql)
+
+
+RETRY_MAX_SECONDS = 1.0  # a failed load or merge is retried at least this often: queryable ~1 s after recovery
 
 
 class Loader:
-    """Background thread of ``clickstream local``: load and merge every ``interval`` seconds."""
+    """Background thread of ``clickstream local``: load and merge every ``interval`` seconds.
+
+    A failed load or merge is retried with backoff (``interval`` doubling up to
+    :data:`RETRY_MAX_SECONDS`) whether or not new records arrive: rows whose merge failed are merged
+    by the retry, not by the next request. Each start begins with a merge too, so rows loaded before
+    a crash or a failed last merge at shutdown become queryable without new traffic.
+    """
 
     def __init__(self, warehouse: Warehouse, data_dir: Path | str, interval: float = 0.5,
                  batch: int = 50_000) -> None:
@@ -164,11 +167,18 @@ class Loader:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lock = threading.Lock()
+        self._merge_due = True  # a previous run may have left loaded rows unmerged
+        self.failures = 0  # consecutive failed passes; 0 when the last one succeeded
+        self.last_error: str | None = None
 
-    def start(self) -> None:
+    def start(self, *, lock_configuration: bool = False) -> None:
+        """Start the thread; ``lock_configuration`` locks DuckDB's settings (see :func:`lock_down`)
+        once the loader's own are made, before the thread shares the connection."""
         # One DuckDB thread: the merge then runs only in this (lower-priority) thread, instead of in
         # worker threads started at full priority that compete with the collector.
         self.warehouse.conn.execute("SET threads = 1")
+        if lock_configuration:
+            lock_down(self.warehouse.conn)
 
         def loop() -> None:
             # Ingest latency first: the merge is background work, so it runs at a lower priority
@@ -179,23 +189,51 @@ class Loader:
             # Register as a consumer at once, so the collector's backlog limit sees us from the start.
             stream.set_checkpoint(LOADER_CONSUMER, self.warehouse.last_loaded_seq())
             try:
+                delay = self.interval
                 while True:
-                    try:
-                        with self.lock:
-                            self.warehouse.load_from(stream, batch=self.batch)
-                        self.warehouse.stats.last_error = None
-                    except Exception as exc:
-                        self.warehouse.stats.last_error = str(exc)
-                        log.exception("warehouse load failed; retrying")
-                    if self._stop.wait(self.interval):
+                    delay = self._attempt(stream, delay)
+                    if self._stop.wait(delay):
                         break
-                with self.lock:  # a last pass on shutdown: what was acknowledged is queryable
-                    self.warehouse.load_from(stream, batch=self.batch)
+                try:  # a last pass on shutdown: what was acknowledged is queryable
+                    self.run_once(stream)
+                except Exception:
+                    log.exception("the last warehouse load before shutdown failed; the next start retries it")
             finally:
                 stream.close()
 
         self._thread = threading.Thread(target=loop, name="warehouse-loader", daemon=True)
         self._thread.start()
+
+    def run_once(self, stream: LocalStream) -> None:
+        """Load and merge what is new; if nothing is, merge what an earlier failure left unmerged."""
+        with self.lock:
+            try:
+                loaded = self.warehouse.load_from(stream, batch=self.batch)  # each load merges all pending
+                if self._merge_due and not loaded:
+                    self.warehouse.merge()
+                    stream.set_checkpoint(LOADER_CONSUMER, self.warehouse.last_loaded_seq())
+                self._merge_due = False
+            except Exception:
+                self._merge_due = True  # rows may be loaded but not merged: the retry merges them
+                raise
+
+    def _attempt(self, stream: LocalStream, delay: float) -> float:
+        """One pass; returns how long to wait before the next (backoff after a failure)."""
+        try:
+            self.run_once(stream)
+        except Exception as exc:
+            self.failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.warehouse.stats.last_error = self.last_error
+            if self.failures & (self.failures - 1) == 0:  # 1st, 2nd, 4th, 8th ...: the log stays readable
+                log.error("warehouse load or merge failed (%d in a row); retrying: %s", self.failures,
+                          self.last_error, exc_info=self.failures == 1)
+            return min(max(delay * 2, self.interval), RETRY_MAX_SECONDS)
+        if self.failures:
+            log.warning("warehouse load and merge recovered after %d failed attempts", self.failures)
+        self.failures = 0
+        self.last_error = self.warehouse.stats.last_error = None
+        return self.interval
 
     def stop(self) -> None:
         self._stop.set()
@@ -203,56 +241,217 @@ class Loader:
             self._thread.join(timeout=60)
 
 
+# -- the query path -------------------------------------------------------------------------------
+# Queries come from `clickstream query` (through the collector's admin endpoint) and run in the
+# process that also loads and merges. Whatever their SQL says, they must not change the warehouse
+# or the process: the guard is DuckDB's, not a parser's (clickstream.query.check_read_only only
+# gives an early, friendlier error). Three layers:
+#   1. DuckDB's own parser must find exactly one statement, of a reading type;
+#   2. it runs inside BEGIN TRANSACTION READ ONLY, always rolled back, so a write hidden anywhere
+#      (a data-modifying CTE, nextval, CREATE MACRO ...) fails in the engine;
+#   3. the database's configuration is locked and file access is off (lock_down), so SET/PRAGMA
+#      cannot starve the loader and COPY/ATTACH/read_csv cannot touch files.
+READ_ONLY_STATEMENTS = frozenset({"SELECT", "EXPLAIN", "PRAGMA"})  # SHOW/DESCRIBE parse as SELECT
+# DuckDB errors that mean the server failed, not the query: answered 5xx, never 400.
+SERVER_FAULTS: tuple[type[Exception], ...] = (duckdb.OutOfMemoryException, duckdb.IOException,
+                                              duckdb.InternalException, duckdb.FatalException,
+                                              duckdb.InterruptException)
+
+
 class QueryFailed(Exception):
-    """A query the loader process ran and DuckDB refused; the message is DuckDB's."""
+    """A query that failed; the message is DuckDB's (or the reason it could not run).
+
+    ``server_fault`` is True when the server is at fault (out of memory, I/O, the loader process
+    down): the caller may retry later. False means the query itself is wrong or not allowed.
+    """
+
+    def __init__(self, message: str, *, server_fault: bool = False) -> None:
+        super().__init__(message)
+        self.server_fault = server_fault
+
+
+def lock_down(conn: duckdb.DuckDBPyConnection) -> None:
+    """After the loader's own settings: no file access from SQL, and no configuration change at all.
+
+    Both are database-wide and one-way (DuckDB refuses to undo them while the database is open).
+    """
+    conn.execute("SET enable_external_access = false")
+    conn.execute("SET lock_configuration = true")
+
+
+def read_only_query(conn: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one reading statement on its own cursor, in a read-only transaction that is rolled back.
+
+    Its own cursor, so readers in other threads never share the loader's connection. Raises
+    :class:`QueryFailed` for any failure, with ``server_fault`` telling whose fault it was.
+    """
+    cursor = conn.cursor()
+    try:
+        statements = cursor.extract_statements(sql)
+        if len(statements) != 1:
+            raise QueryFailed(f"give exactly one SQL statement, not {len(statements)}")
+        kind = statements[0].type.name
+        if kind not in READ_ONLY_STATEMENTS:
+            raise QueryFailed(f"only read-only queries are allowed, not {kind}")
+        cursor.execute("BEGIN TRANSACTION READ ONLY")
+        try:
+            result = cursor.execute(sql)
+            columns = [d[0] for d in result.description] if result.description else []
+            return columns, result.fetchall()
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                cursor.execute("ROLLBACK")
+    except SERVER_FAULTS as exc:
+        raise QueryFailed(str(exc), server_fault=True) from exc
+    except duckdb.Error as exc:
+        raise QueryFailed(str(exc)) from exc
+    finally:
+        cursor.close()
 
 
 class LoaderProcess:
-    """The stream's consumers (warehouse loader, archiver) in a child process of ``clickstream local``.
+    """The stream's consumers (warehouse loader, archiver) in a supervised child process.
 
     Merging and archiving are CPU-heavy; in their own process they no longer share the collector's
     GIL, and they run at a lower priority (nice 10), so ingest latency stays low while they catch up.
     Queries (``clickstream query`` through the collector) go to it over a pipe. The child exits
     when told to, and also when its parent dies (even by ``kill -9``), releasing the DuckDB file.
+
+    A thread in the parent supervises the child: if it dies without being told to stop (a crash,
+    ``kill -9``, the OOM killer), the exit is logged and a new child is started with backoff
+    (``restart_backoff``: first and longest delay, doubling), which resumes from the checkpoints.
+    ``status()`` reports restarts and the loader's failures for ``/health``.
     """
 
     def __init__(self, data_dir: Path | str, *, interval: float = 0.5, batch: int = 50_000,
-                 archive: dict[str, float] | None = None) -> None:
+                 archive: dict[str, float] | None = None,
+                 restart_backoff: tuple[float, float] = (0.2, 30.0)) -> None:
         import multiprocessing
 
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._stop = ctx.Event()
-        self._ready = ctx.Event()
-        self._lock = threading.Lock()
-        self.process = ctx.Process(target=_loader_main, name="clickstream-loader", daemon=True,
-                                   args=(str(data_dir), interval, batch, archive, child, self._stop, self._ready,
-                                         os.getpid()))
+        self._ctx = multiprocessing.get_context("spawn")
+        self._args = (str(data_dir), interval, batch, archive)
+        self._stop = self._ctx.Event()
+        self._ready = self._ctx.Event()
+        # Written by the child: consecutive failed loader passes and the last error (UTF-8, cut).
+        self._failures = self._ctx.Value("i", 0, lock=False)
+        self._last_error = self._ctx.Array("c", 512, lock=False)
+        self._lock = threading.Lock()  # one query at a time on the pipe; swapping the child
+        self._conn: Any = None
+        self.process: Any = None
+        self.restart_backoff = restart_backoff
+        self.restarts = 0
+        self.last_exit_code: int | None = None
+        self.last_restart_ms: int | None = None
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+
+    def _launch(self, timeout: float) -> None:
+        """Start a child and wait until it serves queries; then make it the current one."""
+        conn, child = self._ctx.Pipe()
+        self._ready.clear()
+        process = self._ctx.Process(target=_loader_main, name="clickstream-loader", daemon=True,
+                                    args=(*self._args, child, self._stop, self._ready, os.getpid(),
+                                          self._failures, self._last_error))
+        process.start()
+        child.close()  # the child's end lives in the child; EOF then means it died
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.1):
+            if not process.is_alive() or time.monotonic() > deadline:
+                process.kill()
+                process.join(5)
+                conn.close()
+                raise RuntimeError(f"the warehouse loader process did not start (exit code {process.exitcode})")
+        with self._lock:
+            old = self._conn
+            self.process, self._conn = process, conn
+        if old is not None:
+            old.close()
 
     def start(self, timeout: float = 60.0) -> None:
-        self.process.start()
-        if not self._ready.wait(timeout):
-            self.process.kill()
-            raise RuntimeError("the warehouse loader process did not start")
+        self._launch(timeout)
+        self._supervisor = threading.Thread(target=self._supervise, name="loader-supervisor", daemon=True)
+        self._supervisor.start()
+
+    def _supervise(self) -> None:
+        from multiprocessing.connection import wait
+
+        first, longest = self.restart_backoff
+        delay = first
+        while not self._stopping.is_set():
+            process = self.process
+            wait([process.sentinel], timeout=0.5)
+            if self._stopping.is_set():
+                return
+            if process.is_alive():
+                continue
+            self.last_exit_code = process.exitcode
+            log.error("the warehouse/archive process (pid %s) exited with code %s; restarting in %.1f s",
+                      process.pid, process.exitcode, delay)
+            if self._stopping.wait(delay):
+                return
+            try:
+                self._launch(60.0)
+            except Exception:
+                log.exception("restarting the warehouse/archive process failed; trying again")
+                delay = min(delay * 2, longest)
+                continue
+            self.restarts += 1
+            self.last_restart_ms = time.time_ns() // 1_000_000
+            log.warning("the warehouse/archive process is running again (pid %s, restart %d)",
+                        self.process.pid, self.restarts)
+            started = time.monotonic()
+            # Back off only while the child keeps dying soon after start; a long healthy run resets it.
+            while not self._stopping.is_set() and self.process.is_alive() and time.monotonic() - started < 60:
+                wait([self.process.sentinel], timeout=0.5)
+            delay = first if self.process.is_alive() else min(delay * 2, longest)
 
     def stop(self, timeout: float = 60.0) -> None:
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout)
         self._stop.set()
-        self.process.join(timeout)
-        if self.process.is_alive():
-            self.process.kill()
+        if self.process is not None:
+            self.process.join(timeout)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join(5)
+        if self._conn is not None:
+            self._conn.close()
+
+    def status(self) -> dict[str, Any]:
+        """The child's state for health reports."""
+        process = self.process
+        alive = bool(process is not None and process.is_alive())
+        failures = self._failures.value if alive else 0
+        error = self._last_error.value.decode("utf-8", "replace") if failures else None
+        return {"alive": alive, "pid": process.pid if process is not None else None, "restarts": self.restarts,
+                "last_exit_code": self.last_exit_code, "last_restart_ms": self.last_restart_ms,
+                "load_failures": failures, "last_error": error or None}
 
     def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         with self._lock:
-            self._conn.send(sql)
-            ok, payload = self._conn.recv()
+            process, conn = self.process, self._conn
+            if process is None or not process.is_alive():
+                raise QueryFailed("the warehouse process is not running (it is restarted); retry shortly",
+                                  server_fault=True)
+            try:
+                conn.send(sql)
+                while not conn.poll(0.2):
+                    if not process.is_alive():
+                        raise QueryFailed("the warehouse process stopped during the query; retry shortly",
+                                          server_fault=True)
+                ok, payload = conn.recv()
+            except (EOFError, OSError) as exc:
+                raise QueryFailed(f"the warehouse process is unreachable ({exc}); retry shortly",
+                                  server_fault=True) from exc
         if not ok:
-            raise QueryFailed(payload)
+            server_fault, message = payload
+            raise QueryFailed(message, server_fault=server_fault)
         return payload
 
 
-
 def _loader_main(data_dir: str, interval: float, batch: int, archive: dict[str, float] | None, conn, stop, ready,
-                 parent_pid: int) -> None:
+                 parent_pid: int, failures, last_error) -> None:
     import signal
 
     from clickstream.archive import Archiver
@@ -273,7 +472,7 @@ def _loader_main(data_dir: str, interval: float, batch: int, archive: dict[str, 
                 raise
             time.sleep(0.2)
     loader = Loader(warehouse, data_dir, interval=interval, batch=batch)
-    loader.start()
+    loader.start(lock_configuration=True)  # after the loader's own settings nothing can change them
     archiver = None
     if archive is not None:
         archiver = Archiver(data_dir, buffer_bytes=int(archive["buffer_bytes"]),
@@ -282,6 +481,8 @@ def _loader_main(data_dir: str, interval: float, batch: int, archive: dict[str, 
     ready.set()
     try:
         while not stop.is_set() and os.getppid() == parent_pid:
+            failures.value = loader.failures
+            last_error.value = (loader.last_error or "").encode("utf-8", "replace")[:500]
             if not conn.poll(0.2):
                 continue
             try:
@@ -291,8 +492,10 @@ def _loader_main(data_dir: str, interval: float, batch: int, archive: dict[str, 
             try:
                 columns, rows = warehouse.query(sql)
                 conn.send((True, (columns, [tuple(r) for r in rows])))
-            except Exception as exc:  # the caller shows DuckDB's message
-                conn.send((False, str(exc)))
+            except QueryFailed as exc:  # the caller shows DuckDB's message
+                conn.send((False, (exc.server_fault, str(exc))))
+            except Exception as exc:  # e.g. a result that cannot be pickled
+                conn.send((False, (True, f"{type(exc).__name__}: {exc}")))
     finally:
         if archiver is not None:
             archiver.stop()  # flushes its buffer, like Firehose on a final buffer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import itertools
 import json
 import uuid
 import zlib
@@ -91,6 +92,17 @@ def test_compressed_bodies(live_collector, encoding, compress):
     assert live_collector.records()[0]["message"]["event"] == "é✓"
 
 
+def test_a_gzip_body_of_several_members_is_read_whole(live_collector):
+    """RFC 1952 2.2: a gzip file is a series of members; all of them are the body (as gzip -d)."""
+    batch = [{"type": "track", "event": f"part-{i}", "userId": "u", "messageId": f"mm-{i}"} for i in range(3)]
+    text = json.dumps({"batch": batch, "writeKey": KEY}).encode()
+    cuts = [0, 20, len(text) // 2, len(text)]
+    raw = b"".join(gzip.compress(text[a:b]) for a, b in itertools.pairwise(cuts))
+    r = post(live_collector, "/v1/batch", None, {"Content-Encoding": "gzip"}, raw=raw)
+    assert r.status_code == 200
+    assert [rec["message"] for rec in live_collector.records()] == batch
+
+
 def test_basic_auth_without_colon_and_bearer_with_body_key(live_collector):
     no_colon = {"Authorization": "Basic " + base64.b64encode(KEY.encode()).decode()}
     assert post(live_collector, "/v1/track", {"userId": "u", "event": "a"}, no_colon).status_code == 200
@@ -166,6 +178,16 @@ BAD_INPUTS = [
     ("not gzip", "/v1/track", {**BASIC, "Content-Encoding": "gzip"}, b"plain", 400, "invalid_encoding"),
     ("gzip bomb", "/v1/batch", {**BASIC, "Content-Encoding": "gzip"},
      gzip.compress(b'{"batch":[' + b" " * (64 * 1024 * 1024) + b"]}"), 413, "request_too_large"),
+    # bytes after the end of the compressed data: refused, never ignored behind a 200
+    ("gzip + garbage", "/v1/track", {**BASIC, "Content-Encoding": "gzip"},
+     gzip.compress(json.dumps(GOOD).encode()) + b"trailing bytes", 400, "invalid_encoding"),
+    ("gzip + 2 MB trailer", "/v1/track", {**BASIC, "Content-Encoding": "gzip"},
+     gzip.compress(json.dumps(GOOD).encode()) + b"\0" * 2 * 1024 * 1024, 400, "invalid_encoding"),
+    ("deflate + second stream", "/v1/track", {**BASIC, "Content-Encoding": "deflate"},
+     zlib.compress(json.dumps(GOOD).encode()) + zlib.compress(b" "), 400, "invalid_encoding"),
+    # compressed bytes are bounded as well: 40,000 empty members inflate to nothing but are 800 KB
+    ("800 KB of empty gzip members", "/v1/track", {**BASIC, "Content-Encoding": "gzip"},
+     gzip.compress(json.dumps(GOOD).encode()) + gzip.compress(b"") * 40_000, 413, "request_too_large"),
 ]
 
 
@@ -188,3 +210,44 @@ def test_get_on_tracking_route_is_405(live_collector):
     assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
     assert r.headers["allow"] == "POST, OPTIONS"
     assert live_collector.records() == []
+
+
+def test_routes_and_mounted_apps_extend_the_collector(tmp_path):
+    """Hooks for other local features: add_route (JSON handlers) and mount (a whole ASGI app)."""
+    import asyncio
+
+    from clickstream.collector import Collector
+    from clickstream.stream import GroupCommitWriter
+    from tests.conftest import WRITE_KEYS
+
+    app = Collector(WRITE_KEYS, GroupCommitWriter(tmp_path))
+    seen = []
+
+    async def ui(scope, receive, send):
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/html")]})
+        await send({"type": "http.response.body", "body": b"<h1>ui</h1>"})
+
+    async def hello(scope, headers, receive):
+        return 200, json.dumps({"hello": headers.get("x-name")}).encode(), []
+
+    app.mount("/_clickstream/ui/", ui)
+    app.add_route("/_clickstream/hello", hello)
+    with pytest.raises(ValueError):
+        app.add_route("/v1/track", hello)  # tracking routes cannot be shadowed
+    with pytest.raises(ValueError):
+        app.mount("/v1/", ui)
+
+    async def calls():
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://local") as client:
+            return (await client.get("/_clickstream/ui/index.html"),
+                    await client.get("/_clickstream/hello", headers={"X-Name": "ada"}),
+                    await client.post("/_clickstream/hello"),
+                    await client.post("/_clickstream/query", json={"sql": "SELECT 1"}))
+
+    page, hello_r, wrong, query = asyncio.run(calls())
+    assert page.text == "<h1>ui</h1>" and seen == ["/_clickstream/ui/index.html"]
+    assert hello_r.json() == {"hello": "ada"} and hello_r.headers["access-control-allow-origin"] == "*"
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "GET, HEAD, OPTIONS"
+    assert query.status_code == 404  # no query function and no token: the admin route stays hidden

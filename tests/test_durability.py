@@ -58,6 +58,9 @@ def test_kill_9_after_200_loses_nothing(tmp_path, kill_after):
     threads = [threading.Thread(target=sender) for _ in range(4)]
     for t in threads:
         t.start()
+    deadline = time.monotonic() + 20  # load is flowing (the first answers can be slow on a busy machine)
+    while not acked and time.monotonic() < deadline:
+        time.sleep(0.01)
     time.sleep(kill_after)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -81,3 +84,42 @@ def test_kill_9_after_200_loses_nothing(tmp_path, kill_after):
     stream = LocalStream(tmp_path)
     assert stream.count() == len(stored) + 1
     stream.close()
+
+
+
+def test_the_writer_commits_durably_before_the_200(live_collector, monkeypatch):
+    """kill -9 keeps the OS page cache, so the test above proves commit-before-200, not fsync. This
+    one checks what makes a commit an fsync, on the connection that commits: WAL with
+    synchronous=FULL (https://www.sqlite.org/pragma.html#pragma_synchronous: "the WAL file is
+    synchronized before each transaction commit"), and that the answer waits for that commit."""
+    import clickstream.stream as stream_module
+
+    real_append = stream_module.append
+    release = threading.Event()
+    events: list[str] = []
+    settings: list[tuple] = []
+
+    def append(conn, chunks, arrival_ms=None):
+        settings.append((conn.execute("PRAGMA journal_mode").fetchone()[0],
+                         conn.execute("PRAGMA synchronous").fetchone()[0]))
+        release.wait(10)
+        real_append(conn, chunks, arrival_ms)
+        events.append("committed")
+
+    monkeypatch.setattr(stream_module, "append", append)
+    answers: list[httpx.Response] = []
+
+    def send() -> None:
+        answers.append(httpx.post(f"{live_collector.url}/v1/track", auth=("test-write-key", ""),
+                                  json={"userId": "u", "event": "e", "messageId": "fsync-1"}, timeout=15))
+        events.append("answered")
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    time.sleep(0.5)
+    assert events == [] and answers == [], "answered before the commit returned"
+    release.set()
+    thread.join(10)
+    assert events == ["committed", "answered"] and answers[0].status_code == 200
+    assert settings == [("wal", 2)]  # 2 = FULL
+    assert [r["message"]["messageId"] for r in live_collector.records()] == ["fsync-1"]

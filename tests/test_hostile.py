@@ -90,3 +90,14 @@ def test_bearer_token_only_is_refused_by_the_templates():
     response, written = gateway("track", json.dumps(GOOD), {"Authorization": "Bearer eyJhbGciOi"})
     assert response.status == 401 and response.json()["code"] == "invalid_write_key"
     assert written == []
+
+
+@pytest.mark.parametrize("scheme", ["Basic", "basic", "BASIC", "bAsIc"])
+def test_basic_auth_scheme_is_case_insensitive_on_both_implementations(live_collector, scheme):
+    """RFC 7617 section 2: the scheme name is case-insensitive; some clients send "basic"."""
+    header = {"Authorization": f"{scheme} " + base64.b64encode(f"{KEY}:".encode()).decode()}
+    r = httpx.post(live_collector.url + "/v1/track", json=GOOD, headers=header)
+    assert r.status_code == 200
+    assert [(rec["source"], rec["message"]) for rec in live_collector.records()] == [("web", GOOD)]
+    response, written = gateway("track", json.dumps(GOOD), header)
+    assert response.status == 200 and [(w["source"], w["message"]) for w in written] == [("web", GOOD)]

@@ -23,8 +23,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from clickstream.stream import LocalStream, StreamRecord
+if TYPE_CHECKING:  # the stream is local mode's (it needs orjson); the replay Lambda ships this module
+    # without it, where only the standard library, boto3 and Powertools can be imported
+    from clickstream.stream import LocalStream, StreamRecord
 
 log = logging.getLogger("clickstream.archive")
 
@@ -154,6 +157,8 @@ class Archiver:
 
     # -- background thread used by `clickstream local` ------------------------------------------
     def start(self, poll_seconds: float = 1.0) -> None:
+        from clickstream.stream import LocalStream
+
         def loop() -> None:
             stream = LocalStream(self.data_dir)
             try:

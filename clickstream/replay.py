@@ -24,6 +24,9 @@ from clickstream.archive import ARCHIVE_PREFIX, hour_prefix, hours_between, iter
 from clickstream.contract import Record
 
 MAX_ATTEMPTS = 8
+# Where the replay state machine's Distributed Map writes its children's summaries (ResultWriter),
+# in the archive bucket, outside the archive's own events/ prefix.
+RESULT_PREFIX = "replay-results"
 
 
 class Target(Protocol):
@@ -68,20 +71,27 @@ def hour_prefixes(start: dt.datetime, end: dt.datetime, prefix: str = ARCHIVE_PR
     return [hour_prefix(prefix, h) for h in hours_between(start, end)]
 
 
-def _in_range(data: bytes, start_ms: int, end_ms: int) -> bool:
+def _envelope(data: bytes) -> dict[str, Any] | None:
+    """The record's envelope, parsed once per record (it is the replay's main CPU cost), or None."""
     try:
-        received = json.loads(data).get("receivedAt")
-    except (ValueError, AttributeError):
-        return True  # not an envelope we can date: replay it rather than drop it silently
+        env = json.loads(data)
+    except ValueError:
+        return None
+    return env if isinstance(env, dict) else None
+
+
+def _in_range(env: dict[str, Any] | None, start_ms: int, end_ms: int) -> bool:
+    received = env.get("receivedAt") if env is not None else None
+    # not an envelope we can date: replay it rather than drop it silently
     return not isinstance(received, int) or start_ms <= received <= end_ms
 
 
-def to_record(data: bytes) -> Record:
+def to_record(data: bytes, env: dict[str, Any] | None = None) -> Record:
     """The envelope's own request id and index give the same partition key as the original put."""
+    env = _envelope(data) if env is None else env
     try:
-        env = json.loads(data)
-        key = contract.partition_key(env["requestId"], env["index"])
-    except (ValueError, KeyError, TypeError):
+        key = contract.partition_key(env["requestId"], env["index"])  # type: ignore[index]
+    except (KeyError, TypeError):
         key = f"replay-{zlib.crc32(data):08x}"
     return Record(key[: contract.MAX_PARTITION_KEY_CHARS], data)
 
@@ -180,10 +190,11 @@ def replay_object(archive: Any, key: str, target: Target | None, start: dt.datet
             line_no += 1
             if line_no <= skip:
                 continue
-            if not _in_range(data, start_ms, end_ms):
+            env = _envelope(data)
+            if not _in_range(env, start_ms, end_ms):
                 stats.skipped_out_of_range += 1
                 continue
-            yield to_record(data)
+            yield to_record(data, env)
 
     for batch in chunks(selected()):
         if limiter:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aws_cdk as cdk
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kinesis as kinesis
 from aws_cdk import aws_kinesisfirehose as firehose
 from aws_cdk import aws_kms as kms
@@ -67,13 +68,23 @@ class StorageStack(cdk.Stack):
             removal_policy=cdk.RemovalPolicy.RETAIN,
         )
 
+        # Firehose's role, trusted only for this account's delivery streams (confused deputy:
+        # https://docs.aws.amazon.com/firehose/latest/dev/controlling-access.html#using-iam-s3,
+        # https://docs.aws.amazon.com/IAM/latest/UserGuide/confused-deputy.html). CDK grants it the
+        # stream read, key decrypt and bucket write it needs.
+        self.firehose_role = iam.Role(
+            self, "ArchiveDeliveryRole", description="Firehose: read the clickstream stream, write the archive",
+            assumed_by=iam.ServicePrincipal("firehose.amazonaws.com",
+                                            conditions={"StringEquals": {"aws:SourceAccount": self.account}}))
         self.firehose_logs = logs.LogGroup(self, "ArchiveDeliveryLogs", retention=logs.RetentionDays.ONE_MONTH,
                                            removal_policy=cdk.RemovalPolicy.DESTROY)
         self.delivery_stream = firehose.DeliveryStream(
             self, "ArchiveDelivery",
             source=firehose.KinesisStreamSource(self.stream),
+            role=self.firehose_role,
             destination=firehose.S3Bucket(
                 self.bucket,
+                role=self.firehose_role,
                 compression=firehose.Compression.GZIP,
                 # Same keys as the local archiver: events/YYYY/MM/dd/HH/<name>-1-<time>-<uuid>.gz
                 data_output_prefix=archive.FIREHOSE_PREFIX,

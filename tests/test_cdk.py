@@ -422,3 +422,49 @@ def test_account_cloudwatch_role_is_retained(ingest):
     role = ingest.find_resources("AWS::IAM::Role")[role_id]
     assert role["DeletionPolicy"] == "Retain" and role["UpdateReplacePolicy"] == "Retain"
     assert next(iter(account.values()))["DeletionPolicy"] == "Retain"
+
+
+def test_cloudwatch_may_publish_alarms_to_the_ssl_only_topic(ingest):
+    """The SSL-only topic policy replaces SNS's default policy: CloudWatch needs its own Allow."""
+    [policy] = ingest.find_resources("AWS::SNS::TopicPolicy").values()
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    allow = [s for s in statements if s["Effect"] == "Allow" and s.get("Principal") == {
+        "Service": "cloudwatch.amazonaws.com"}]
+    assert len(allow) == 1
+    assert allow[0]["Action"] == "sns:Publish"
+    assert allow[0]["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    assert any(s["Effect"] == "Deny" and "aws:SecureTransport" in json.dumps(s) for s in statements)
+    # every alarm of the ingest stack notifies that topic
+    topic = next(iter(ingest.find_resources("AWS::SNS::Topic")))
+    for alarm in ingest.find_resources("AWS::CloudWatch::Alarm").values():
+        assert alarm["Properties"]["AlarmActions"] == [{"Ref": topic}]
+
+
+def test_firehose_trusts_only_this_account(storage):
+    roles = [r for r in storage.find_resources("AWS::IAM::Role").values()
+             if "firehose.amazonaws.com" in json.dumps(r["Properties"]["AssumeRolePolicyDocument"])]
+    assert roles
+    for role in roles:
+        for statement in role["Properties"]["AssumeRolePolicyDocument"]["Statement"]:
+            assert statement["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    [stream] = storage.find_resources("AWS::KinesisFirehose::DeliveryStream").values()
+    text = json.dumps(stream["Properties"])
+    role_id = next(iter(r for r, v in storage.find_resources("AWS::IAM::Role").items()
+                        if "firehose.amazonaws.com" in json.dumps(v)))
+    assert text.count(role_id) >= 2  # the source and the S3 destination use it
+
+
+def test_replay_memory_timeout_and_partition_aware_definition(synthesized):
+    _, templates = synthesized
+    t = templates["ClickstreamReplay"]
+    functions = {f["Properties"]["Handler"]: f["Properties"]
+                 for f in t.find_resources("AWS::Lambda::Function").values()}
+    assert functions["handler.replay_hour"]["MemorySize"] == 1769  # one full vCPU
+    assert functions["handler.replay_hour"]["Timeout"] == 900
+    [machine] = t.find_resources("AWS::StepFunctions::StateMachine").values()
+    definition = json.dumps(machine["Properties"]["DefinitionString"])
+    assert "arn:aws:" not in definition
+    assert machine["Properties"]["DefinitionSubstitutions"] == {"Partition": {"Ref": "AWS::Partition"}}
+    assert "Sandbox.Timedout" in definition and "ResultWriter" in definition
+    policies = json.dumps(t.find_resources("AWS::IAM::Policy"))
+    assert "/replay-results/*" in policies

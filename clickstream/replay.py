@@ -100,7 +100,7 @@ def chunks(records: Iterator[Record]) -> Iterator[list[Record]]:
     batch: list[Record] = []
     size = 0
     for record in records:
-        weight = len(record.data) + len(record.partition_key.encode())
+        weight = contract.record_bytes(record.partition_key, record.data)
         if batch and (len(batch) >= contract.KINESIS_MAX_RECORDS_PER_PUT
                       or size + weight > contract.KINESIS_MAX_BYTES_PER_PUT):
             yield batch

@@ -426,3 +426,48 @@ def test_replay_state_machine_runs_in_moto_retries_timeouts_and_writes_results_t
         it = kinesis.get_shard_iterator(StreamName="events", ShardId=shard, ShardIteratorType="TRIM_HORIZON")
         got = kinesis.get_records(ShardIterator=it["ShardIterator"], Limit=10000)["Records"]
         assert sorted(r["Data"] for r in got) == sorted(r.data for r in sent)
+
+
+def test_chunks_respect_the_put_byte_limit_with_large_records():
+    """Records of 600 KB: 8 fit in 5 MiB, the 9th starts a new call (a 100x byte limit would not split)."""
+    from clickstream import contract
+
+    big = [Record(f"req-1:{i}", b"x" * (600 * 1024 - 10) + b"\n") for i in range(20)]
+    calls = list(replay.chunks(iter(big)))
+    assert [len(c) for c in calls] == [8, 8, 4]
+    for call in calls:
+        assert sum(contract.record_bytes(r.partition_key, r.data) for r in call) <= contract.KINESIS_MAX_BYTES_PER_PUT
+    assert [r for c in calls for r in c] == big
+    # exactly at the limit still fits one call; one byte more does not
+    size = contract.KINESIS_MAX_BYTES_PER_PUT // 5
+    exact = [Record("k", b"y" * (size - 1)) for _ in range(5)]
+    assert [len(c) for c in replay.chunks(iter(exact))] == [5]
+    over = [Record("k", b"y" * (size - 1)) for _ in range(4)] + [Record("k", b"y" * size)]
+    assert [len(c) for c in replay.chunks(iter(over))] == [4, 1]
+
+
+def test_replaying_events_without_message_ids_changes_nothing(tmp_path):
+    """The warehouse derives a missing messageId from the envelope's requestId and index, which replay
+    keeps: replayed copies of id-less events are recognised as the same events."""
+    data = tmp_path / "source"
+    stream = LocalStream(data)
+    at = T0 + dt.timedelta(minutes=5)
+    body = {"writeKey": "test-write-key", "batch": [
+        {"type": "track", "event": f"no id {i}", "userId": f"u{i}", "timestamp": at.isoformat()} for i in range(25)]}
+    records = build_records(RequestInfo("batch", "req-noid", int(at.timestamp() * 1000), "203.0.113.1"),
+                            json.dumps(body).encode(), KEYS)
+    assert all("messageId" not in json.loads(r.data)["message"] for r in records)
+    stream.put(records)
+    path = data / archive.ARCHIVE_DIR / archive.object_key(archive.ARCHIVE_PREFIX, "clickstream-archive", at)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(b"".join(r.data for r in records)))
+    wh = Warehouse.in_dir(data)
+    wh.load_from(stream)
+    before = snapshot(wh)
+    assert len(before["events"]) == 25
+    assert sorted(row[0] for row in before["events"]) == sorted(f"req-noid-{i}" for i in range(25))
+    stats = replay.replay(archive.open_archive(data), replay.LocalTarget(data), T0, T0 + dt.timedelta(hours=1))
+    assert stats.records == 25 and stream.count() == 50
+    wh.load_from(stream)
+    assert snapshot(wh) == before
+    wh.close()

@@ -70,8 +70,9 @@ class IngestStack(cdk.Stack):
         self.role = iam.Role(self, "KinesisIntegrationRole",
                              assumed_by=iam.ServicePrincipal("apigateway.amazonaws.com"),
                              description="API Gateway -> Kinesis PutRecords for the tracking API")
+        stream = storage.stream_ref(self)
         self.role.add_to_policy(iam.PolicyStatement(actions=["kinesis:PutRecord", "kinesis:PutRecords"],
-                                                    resources=[storage.stream.stream_arn]))
+                                                    resources=[stream.stream_arn]))
         storage.key.grant(self.role, "kms:GenerateDataKey")
 
         self.validator = self.api.add_request_validator("BodyIsJson", validate_request_body=True,
@@ -99,7 +100,7 @@ class IngestStack(cdk.Stack):
             method_responses=self._method_responses())
 
         self.monitoring = PipelineMonitoring(self, "Monitoring", api=self.api, stage_name=settings.stage_name,
-                                             stream=storage.stream, delivery_stream=storage.delivery_stream,
+                                             stream=stream, delivery_stream=storage.delivery_stream_ref(self),
                                              alarm_email=settings.alarm_email)
 
         endpoint = self.api.url.rstrip("/")

@@ -25,7 +25,8 @@ class ReplayStack(cdk.Stack):
     def __init__(self, scope: Construct, construct_id: str, *, settings: Settings, storage: StorageStack,
                  **kwargs) -> None:
         super().__init__(scope, construct_id, **kwargs)
-        env = {"ARCHIVE_BUCKET": storage.bucket.bucket_name, "STREAM_NAME": storage.stream.stream_name,
+        stream = storage.stream_ref(self)  # by name: renaming the stream stays one deploy
+        env = {"ARCHIVE_BUCKET": storage.bucket.bucket_name, "STREAM_NAME": settings.stream_name,
                "POWERTOOLS_METRICS_NAMESPACE": "Clickstream"}
         self.plan = python_function(self, "PlanReplay", name="replay", handler="plan", modules=REPLAY_MODULES,
                                     environment=env)
@@ -36,7 +37,7 @@ class ReplayStack(cdk.Stack):
                                       modules=REPLAY_MODULES, environment=env, timeout=cdk.Duration.minutes(15),
                                       memory_size=REPLAY_MEMORY_MB)
         storage.bucket.grant_read(self.replay, "events/*")
-        storage.stream.grant_write(self.replay)
+        stream.grant_write(self.replay)
 
         name = f"{self.stack_name}-Replay"
         asl = workflows.render_replay(self.plan.function_arn, self.replay.function_arn,

@@ -468,3 +468,35 @@ def test_replay_memory_timeout_and_partition_aware_definition(synthesized):
     assert "Sandbox.Timedout" in definition and "ResultWriter" in definition
     policies = json.dumps(t.find_resources("AWS::IAM::Policy"))
     assert "/replay-results/*" in policies
+
+
+def _imports(template_path: Path) -> set[str]:
+    import re
+
+    return set(re.findall(r'"Fn::ImportValue": "([^"]+)"', template_path.read_text()))
+
+
+def test_renaming_the_stream_is_one_deploy_and_redeploy_after_destroy_does_not_collide(tmp_path):
+    """A rename replaces the stream (and the delivery stream reading it). CloudFormation refuses to
+    change an export another stack imports, so the ingest and replay stacks must not import anything
+    of those two resources; and the fixed-name stream must not survive `cdk destroy`."""
+    a, _ = synth(tmp_path / "a", streamName="clickstream-events")
+    b, _ = synth(tmp_path / "b", streamName="clickstream-events-v2")
+    storage_a = json.loads((Path(a.directory) / "ClickstreamStorage.template.json").read_text())
+    storage_b = json.loads((Path(b.directory) / "ClickstreamStorage.template.json").read_text())
+    replaced = {lid for lid, r in storage_a["Resources"].items()
+                if r["Type"] in ("AWS::Kinesis::Stream", "AWS::KinesisFirehose::DeliveryStream")
+                and r["Properties"] != storage_b["Resources"][lid]["Properties"]}
+    assert len(replaced) == 2
+    changing_exports = {o["Export"]["Name"] for o in storage_a.get("Outputs", {}).values()
+                        if "Export" in o and any(lid in json.dumps(o["Value"]) for lid in replaced)}
+    assert changing_exports  # still exported for stacks deployed before, so an upgrade is one deploy too
+    for stack in ("ClickstreamIngest", "ClickstreamReplay"):
+        for directory in (a.directory, b.directory):
+            assert not _imports(Path(directory) / f"{stack}.template.json") & changing_exports, stack
+    [stream] = [r for r in storage_a["Resources"].values() if r["Type"] == "AWS::Kinesis::Stream"]
+    assert stream["DeletionPolicy"] == "Delete" and stream["Properties"]["Name"] == "clickstream-events"
+    assert stream["UpdateReplacePolicy"] == "Retain"  # a rename keeps the old stream's last records
+    names = [r["Properties"].get("BucketName") for r in storage_a["Resources"].values()
+             if r["Type"] == "AWS::S3::Bucket"]
+    assert names and not any(names)  # retained buckets have generated names: no collision either

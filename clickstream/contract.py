@@ -298,6 +298,24 @@ ENVELOPE_FIELDS: dict[str, str] = {
     "batch": "for batch routes: {sentAt, context, integrations} of the batch (each null when absent); "
     "null for single-message routes",
 }
+# Replay appends one member to the envelopes it puts back on the stream, after "batch" (the
+# envelope's fields above stay as they were): the archiver does not archive such records again,
+# and replay never replays them (docs/envelope.md "Replayed records"). A byte suffix, so both
+# checks cost no JSON parse.
+REPLAYED_MARK = b',"replayed":true}\n'
+
+
+def mark_replayed(data: bytes) -> bytes:
+    """The envelope ``data`` marked as a replayed copy (unchanged if marked or not an object line)."""
+    if data.endswith(REPLAYED_MARK) or not data.endswith(b"}\n"):
+        return data
+    return data[:-2] + REPLAYED_MARK
+
+
+def is_replayed(data: bytes) -> bool:
+    return data.endswith(REPLAYED_MARK)
+
+
 # Partition key: "<requestId>:<index>". It spreads the messages of one large batch over all shards
 # (one shard takes 1 MB/s), is at most ~50 characters, and needs nothing from the client-controlled
 # body. Order across messages is not kept by Kinesis anyway beyond one key; the warehouse orders by

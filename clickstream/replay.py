@@ -4,7 +4,9 @@ Objects are found by hour prefix (never by listing the whole archive) and read a
 whose envelope ``receivedAt`` falls in the range are put in PutRecords-sized chunks, only failed
 records are retried (exponential backoff with full jitter), and progress is checkpointed after
 every chunk so an interrupted replay resumes where it stopped. Replaying is idempotent end to end:
-records keep their envelope (and so their messageId), and the warehouse deduplicates by it.
+records keep their envelope (and so their messageId), and the warehouse deduplicates by it. The
+copies are marked (``contract.mark_replayed``): the local archiver does not archive them again and
+replay skips them when it finds them in an archive (Firehose archives them in AWS).
 """
 
 from __future__ import annotations
@@ -150,6 +152,7 @@ class ReplayStats:
     records: int = 0
     bytes: int = 0
     skipped_out_of_range: int = 0
+    skipped_replayed: int = 0
     retries: int = 0
     seconds: float = 0.0
 
@@ -190,11 +193,17 @@ def replay_object(archive: Any, key: str, target: Target | None, start: dt.datet
             line_no += 1
             if line_no <= skip:
                 continue
+            if contract.is_replayed(data):  # a copy a replay put back (archived by Firehose): never again
+                stats.skipped_replayed += 1
+                continue
             env = _envelope(data)
             if not _in_range(env, start_ms, end_ms):
                 stats.skipped_out_of_range += 1
                 continue
-            yield to_record(data, env)
+            # Only envelopes are marked: a malformed record keeps its bytes, so the warehouse's
+            # `rejected` table (deduplicated by the raw record) still recognises its copy.
+            is_envelope = env is not None and "requestId" in env and "index" in env
+            yield to_record(contract.mark_replayed(data) if is_envelope else data, env)
 
     for batch in chunks(selected()):
         if limiter:

@@ -15,7 +15,7 @@ from moto import mock_aws
 
 from clickstream import archive, replay
 from clickstream.cli import main
-from clickstream.contract import Record
+from clickstream.contract import Record, is_replayed, mark_replayed
 from clickstream.ingest import RequestInfo, build_records
 from clickstream.stream import LocalStream
 from clickstream.warehouse import Warehouse
@@ -145,7 +145,8 @@ def test_s3_to_kinesis_retries_only_failed_records_and_loses_none(tmp_path, monk
         if not page["Records"]:
             break
         iterator = page["NextShardIterator"]
-    assert sorted(r["Data"] for r in got) == sorted(r.data for r in sent)  # every record exactly once
+    # every record exactly once, marked as a replayed copy
+    assert sorted(r["Data"] for r in got) == sorted(mark_replayed(r.data) for r in sent)
     assert {r["PartitionKey"] for r in got} == {r.partition_key for r in sent}
 
 
@@ -230,8 +231,9 @@ def test_lambda_handlers_plan_and_replay_an_hour(monkeypatch):
     it = kinesis.get_shard_iterator(StreamName="events", ShardId=shard, ShardIteratorType="TRIM_HORIZON")
     got = kinesis.get_records(ShardIterator=it["ShardIterator"])["Records"]
     assert len(got) == 50
-    # what landed on the stream named by STREAM_NAME is exactly what was archived, keys included
-    assert [(r["Data"], r["PartitionKey"]) for r in got] == [(r.data, r.partition_key) for r in records]
+    # what landed on the stream named by STREAM_NAME is what was archived, marked, keys included
+    assert [(r["Data"], r["PartitionKey"]) for r in got] == [(mark_replayed(r.data), r.partition_key)
+                                                             for r in records]
 
 
 def test_replay_state_machine_is_well_formed():
@@ -337,7 +339,8 @@ def test_built_replay_function_replays_an_hour_against_moto(built_assets, tmp_pa
         shard = kinesis.describe_stream(StreamName="events")["StreamDescription"]["Shards"][0]["ShardId"]
         it = kinesis.get_shard_iterator(StreamName="events", ShardId=shard, ShardIteratorType="TRIM_HORIZON")
         got = kinesis.get_records(ShardIterator=it["ShardIterator"])["Records"]
-        assert [(r["Data"], r["PartitionKey"]) for r in got] == [(r.data, r.partition_key) for r in records]
+        assert [(r["Data"], r["PartitionKey"]) for r in got] == [(mark_replayed(r.data), r.partition_key)
+                                                             for r in records]
     finally:
         server.stop()
 
@@ -425,7 +428,7 @@ def test_replay_state_machine_runs_in_moto_retries_timeouts_and_writes_results_t
         shard = kinesis.describe_stream(StreamName="events")["StreamDescription"]["Shards"][0]["ShardId"]
         it = kinesis.get_shard_iterator(StreamName="events", ShardId=shard, ShardIteratorType="TRIM_HORIZON")
         got = kinesis.get_records(ShardIterator=it["ShardIterator"], Limit=10000)["Records"]
-        assert sorted(r["Data"] for r in got) == sorted(r.data for r in sent)
+        assert sorted(r["Data"] for r in got) == sorted(mark_replayed(r.data) for r in sent)
 
 
 def test_chunks_respect_the_put_byte_limit_with_large_records():
@@ -471,3 +474,49 @@ def test_replaying_events_without_message_ids_changes_nothing(tmp_path):
     wh.load_from(stream)
     assert snapshot(wh) == before
     wh.close()
+
+
+def test_replaying_a_range_that_includes_now_does_not_grow_the_archive(tmp_path):
+    """Replayed copies are marked; the archiver does not archive them again and replay skips them,
+    so replaying the same range twice replays the same records and the archive stays as it was."""
+    data = archived_dir(tmp_path)
+    root = data / archive.ARCHIVE_DIR
+    before = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.gz"))
+    stream = LocalStream(data)
+    archiver = archive.Archiver(data)
+    stream.set_checkpoint(archive.ARCHIVER_CONSUMER, stream.last_seq())  # the originals are archived
+    originals = before
+    now = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)  # the range includes the archiver's "now"
+    for attempt in range(2):
+        stats = replay.replay(archive.open_archive(data), replay.LocalTarget(data), T0, now)
+        # 360 envelopes and the malformed record, plus that record's copy archived by the first round
+        assert stats.records == 361 + attempt and stats.skipped_replayed == 0
+        archiver.run_once(stream, force=True)
+        written = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.gz"))
+        new = [k for k in written if k not in originals]
+        assert [len(list(archive.iter_records(archive.open_archive(data), k))) for k in new] == [1 + attempt]
+        originals = written
+    # 360 envelopes per replay are marked and skipped; the one malformed record keeps its bytes
+    # (the warehouse dedups rejected rows by them) and is archived again
+    assert archiver.stats.replayed_skipped == 2 * 360
+    copies = [r for r in stream.iter_from(0) if is_replayed(r.data)]
+    assert len(copies) == 2 * 360
+    assert all(json.loads(r.data)["replayed"] is True for r in copies)
+    stream.close()
+
+
+def test_replay_skips_replayed_copies_it_finds_in_an_archive(tmp_path):
+    """In AWS, Firehose archives the replayed copies (marked): a later replay must not put them again."""
+    data = tmp_path / "aws-like"
+    at = T0 + dt.timedelta(minutes=20)
+    originals = envelopes(30, at, tag="orig")
+    copies = [mark_replayed(r.data) for r in originals]
+    path = data / archive.ARCHIVE_DIR / archive.object_key(archive.ARCHIVE_PREFIX, "firehose", at)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(gzip.compress(b"".join(r.data for r in originals) + b"".join(copies)))
+    target = tmp_path / "target"
+    stats = replay.replay(archive.open_archive(data), replay.LocalTarget(target), T0, T0 + dt.timedelta(hours=1))
+    assert (stats.records, stats.skipped_replayed) == (30, 30)
+    assert [r.data for r in LocalStream(target).iter_from(0)] == copies
+    assert mark_replayed(copies[0]) == copies[0]  # marking is idempotent
+    assert json.loads(copies[0])["message"] == json.loads(originals[0].data)["message"]

@@ -22,6 +22,8 @@ import airspeed
 import airspeed.operators
 from jsonpath_ng import parse as jsonpath_parse
 
+from clickstream import contract
+
 _STRING_METHODS = airspeed.operators.__additional_methods__[str]
 # Java's String methods where Python's differ (indexOf returns -1; trim; case; equality).
 _STRING_METHODS.update(
@@ -33,9 +35,18 @@ _STRING_METHODS.update(
         "endsWith": lambda self, s: self.endswith(s),
         "isEmpty": lambda self: len(self) == 0,
         "equals": lambda self, other: self == other,
-        "length": lambda self: len(self.encode("utf-16-le")) // 2,
+        "length": lambda self: len(self.encode("utf-16-le", "surrogatepass")) // 2,
+        "substring": lambda self, start, end=None: _substring(self, start, end),
     }
 )
+
+
+def _substring(text: str, start: int, end: int | None = None) -> str:
+    """Java's ``String.substring``: indexes are UTF-16 units (a cut may split a surrogate pair)."""
+    if text.isascii():
+        return text[start:end]
+    units = text.encode("utf-16-le", "surrogatepass")
+    return units[2 * start: None if end is None else 2 * end].decode("utf-16-le", "surrogatepass")
 
 
 class UndocumentedBehaviour(LookupError):
@@ -148,6 +159,13 @@ class GatewayRequest:
     domain_name: str = "example.execute-api.us-east-1.amazonaws.com"
     query: dict[str, str] = field(default_factory=dict)
     stage_variables: dict[str, str] = field(default_factory=dict)
+    path_params: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def tracking(cls, route: str, body: str, **kwargs: Any) -> GatewayRequest:
+        """A POST to ``/v1/<route>`` as the one ``/v1/{route}`` method of the deployed API sees it."""
+        return cls(resource_path=contract.TRACKING_RESOURCE, body=body,
+                   path_params={contract.ROUTE_PARAM: route}, **kwargs)
 
     def context(self) -> dict[str, Any]:
         user_agent = next((v for k, v in self.headers.items() if k.lower() == "user-agent"), None)
@@ -156,7 +174,7 @@ class GatewayRequest:
             "extendedRequestId": self.request_id,
             "requestTimeEpoch": self.request_time_epoch,
             "resourcePath": self.resource_path,
-            "path": f"/{self.stage}{self.resource_path}",
+            "path": f"/{self.stage}{self._actual_path()}",
             "httpMethod": self.http_method,
             "stage": self.stage,
             "domainName": self.domain_name,
@@ -165,8 +183,14 @@ class GatewayRequest:
             "responseOverride": {"header": {}},
         }
 
+    def _actual_path(self) -> str:
+        path = self.resource_path
+        for name, value in self.path_params.items():
+            path = path.replace("{" + name + "}", value)
+        return path
+
     def params(self) -> dict[str, dict[str, str]]:
-        return {"path": {}, "querystring": dict(self.query), "header": dict(self.headers)}
+        return {"path": dict(self.path_params), "querystring": dict(self.query), "header": dict(self.headers)}
 
 
 @lru_cache(maxsize=32)

@@ -23,8 +23,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from clickstream.stream import LocalStream, StreamRecord
+from clickstream.contract import is_replayed
+
+if TYPE_CHECKING:  # the stream is local mode's (it needs orjson); the replay Lambda ships this module
+    # without it, where only the standard library, boto3 and Powertools can be imported
+    from clickstream.stream import LocalStream, StreamRecord
 
 log = logging.getLogger("clickstream.archive")
 
@@ -96,6 +101,7 @@ class ArchiveStats:
     records: int = 0
     error_records: int = 0
     bytes_written: int = 0
+    replayed_skipped: int = 0
 
 
 class Archiver:
@@ -135,8 +141,11 @@ class Archiver:
             written += len(batch)
 
     def _write(self, batch: list[StreamRecord]) -> None:
-        good = [r for r in batch if r.data.endswith(b"\n") and r.data.count(b"\n") == 1]
-        bad = [r for r in batch if not (r.data.endswith(b"\n") and r.data.count(b"\n") == 1)]
+        # Replayed copies are not archived again: their originals are in the archive already.
+        fresh = [r for r in batch if not is_replayed(r.data)]
+        self.stats.replayed_skipped += len(batch) - len(fresh)
+        good = [r for r in fresh if r.data.endswith(b"\n") and r.data.count(b"\n") == 1]
+        bad = [r for r in fresh if not (r.data.endswith(b"\n") and r.data.count(b"\n") == 1)]
         if good:
             self._put(ARCHIVE_PREFIX, good[0].arrival_ms, b"".join(r.data for r in good))
             self.stats.records += len(good)
@@ -154,6 +163,8 @@ class Archiver:
 
     # -- background thread used by `clickstream local` ------------------------------------------
     def start(self, poll_seconds: float = 1.0) -> None:
+        from clickstream.stream import LocalStream
+
         def loop() -> None:
             stream = LocalStream(self.data_dir)
             try:

@@ -38,12 +38,24 @@ BATCH_ROUTES: tuple[str, ...] = ("batch", "import", "b")
 # analytics-next client metrics: accepted and answered 200, nothing stored.
 METRICS_ROUTE = "m"
 # GET: analytics-next loads its settings from <cdnURL>/v1/projects/<writeKey>/settings.
-SETTINGS_PATH = API_PREFIX + "/projects/{writeKey}/settings"
+SETTINGS_PARAM = "writeKey"
+SETTINGS_PATH = API_PREFIX + "/projects/{" + SETTINGS_PARAM + "}/settings"
+# API Gateway serves every POST tracking route from one resource, ``/v1/{route}``, with one method
+# and one request template that checks the route itself (unknown routes get 404 there too): one
+# copy of the template (and of the write keys) instead of one per route keeps the stack template
+# small. Static resources (``/v1/m``, ``/v1/projects``) take precedence over the path variable
+# (https://docs.aws.amazon.com/apigateway/latest/developerguide/api-gateway-method-settings-method-request.html).
+ROUTE_PARAM = "route"
+TRACKING_RESOURCE = API_PREFIX + "/{" + ROUTE_PARAM + "}"
 SETTINGS_PREFIX, _, SETTINGS_SUFFIX = SETTINGS_PATH.partition("{writeKey}")
 
 MESSAGE_TYPES: tuple[str, ...] = ("identify", "track", "page", "screen", "group", "alias")
 
-# Limits. Segment documents 32 KB per message and 500 KB per batch request; the SDKs flush at
+# Limits. Every size is counted in UTF-8 bytes, locally and in the mapping template (which gets
+# the byte count of a string from the length of its $util.base64Encode, not from .length(), which
+# counts UTF-16 units; docs/ingest.md "One size rule"), so a request accepted locally is accepted
+# in AWS and the other way round.
+# Segment documents 32 KB per message and 500 KB per batch request; the SDKs flush at
 # 450-480 KB of payload and then add the batch wrapper, so requests get headroom up to 512 KiB.
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_REQUEST_BYTES = 512 * 1024
@@ -53,12 +65,58 @@ MAX_REQUEST_BYTES = 512 * 1024
 # (python 100, node 15, ruby 100, java/go 250), so the deployed limit is Kinesis's, and local
 # mode enforces the same number so that a batch accepted locally is accepted in AWS.
 KINESIS_MAX_RECORDS_PER_PUT = 500
-KINESIS_MAX_BYTES_PER_PUT = 5 * 1024 * 1024  # the pre-2025 request limit; design for the smaller one
+# Kinesis counts a record as its data blob plus its partition key, and a PutRecords request as the
+# sum of its records. AWS raised both limits in 2025 (10 MiB), but older streams and regions and
+# the PutRecords page of older docs say 1 MiB per record and 5 MiB per request: we design for those
+# (https://docs.aws.amazon.com/kinesis/latest/APIReference/API_PutRecords.html,
+# https://docs.aws.amazon.com/streams/latest/dev/service-sizes-and-limits.html).
+# A request whose records would exceed them is refused with 413 (records_too_large) and writes
+# nothing: Kinesis would refuse the whole call and the SDKs would retry it forever.
+KINESIS_MAX_RECORD_BYTES = 1024 * 1024
+KINESIS_MAX_BYTES_PER_PUT = 5 * 1024 * 1024
 MAX_BATCH_ITEMS = KINESIS_MAX_RECORDS_PER_PUT
 SEGMENT_MAX_BATCH_ITEMS = 2500
 MAX_MESSAGE_ID_CHARS = 100
 # Kinesis partition keys are 1-256 Unicode characters.
 MAX_PARTITION_KEY_CHARS = 256
+# The User-Agent is copied into every record of a request: it is cut to this many characters
+# (UTF-16 units, as the template's substring counts; HTTP headers are Latin-1, one unit each) so a
+# huge header cannot multiply into the stream. Real browsers send 100-300 characters.
+MAX_USER_AGENT_CHARS = 1024
+
+
+def record_bytes(partition_key: str, data: bytes) -> int:
+    """What one record counts against Kinesis's limits: data blob plus UTF-8 partition key."""
+    return len(data) + len(partition_key.encode("utf-8"))
+
+
+def records_limit_error(sizes: Iterable[int]) -> str | None:
+    """Why records of these sizes (see :func:`record_bytes`) cannot be one PutRecords call, or None.
+
+    The mapping template applies the same two rules to the same byte counts (request.vtl step 6).
+    """
+    total = 0
+    for index, size in enumerate(sizes):
+        if size > KINESIS_MAX_RECORD_BYTES:
+            return (f"record {index} would be {size} bytes with its envelope; Kinesis takes at most "
+                    f"{KINESIS_MAX_RECORD_BYTES} per record (send smaller messages or a smaller batch context)")
+        total += size
+    if total > KINESIS_MAX_BYTES_PER_PUT:
+        return (f"the request's records would be {total} bytes with their envelopes; Kinesis takes at most "
+                f"{KINESIS_MAX_BYTES_PER_PUT} per request (send fewer messages per batch or a smaller "
+                "batch context)")
+    return None
+
+
+def bound_user_agent(user_agent: str | None) -> str | None:
+    """The User-Agent as the envelope records it: at most MAX_USER_AGENT_CHARS UTF-16 units."""
+    if user_agent is None or len(user_agent) * 2 <= MAX_USER_AGENT_CHARS:
+        return user_agent  # fast path: even all-astral text of this length fits
+    units = user_agent.encode("utf-16-le", "surrogatepass")
+    if len(units) <= 2 * MAX_USER_AGENT_CHARS:
+        return user_agent
+    return units[: 2 * MAX_USER_AGENT_CHARS].decode("utf-16-le", "surrogatepass")
+
 
 # Media types that have a request mapping template in API Gateway; any other type gets 415 there
 # (passthrough behaviour NEVER), so local mode answers 415 as well. A missing Content-Type is
@@ -104,6 +162,9 @@ ERRORS: dict[str, ErrorCode] = {
         ErrorCode("batch_too_large", 400, f"a batch holds more than {MAX_BATCH_ITEMS} messages"),
         ErrorCode("empty_batch", 400, "the batch holds no messages"),
         ErrorCode("request_too_large", 413, f"request body is larger than {MAX_REQUEST_BYTES} bytes"),
+        ErrorCode("records_too_large", 413,
+                  f"the request's stream records would exceed Kinesis limits ({KINESIS_MAX_RECORD_BYTES} bytes "
+                  f"per record, {KINESIS_MAX_BYTES_PER_PUT} per request, envelopes included)"),
         ErrorCode("not_found", 404, "no such route"),
         ErrorCode("method_not_allowed", 405, "method not allowed on this route"),
         ErrorCode("unsupported_media_type", 415, "Content-Type must be application/json or text/plain"),
@@ -118,12 +179,14 @@ ERRORS: dict[str, ErrorCode] = {
 # aiming PutRecords at a stream named REJECT_STREAM_PREFIX + code, which fails with a 4xx whose
 # message names that stream; the integration response recognises the name (docs/ingest.md).
 TEMPLATE_REJECTIONS: tuple[str, ...] = (
+    "not_found",
     "invalid_write_key",
     "invalid_request",
     "message_too_large",
     "batch_too_large",
     "empty_batch",
     "request_too_large",
+    "records_too_large",
 )
 REJECT_STREAM_PREFIX = "clickstream-reject-"
 # Kinesis errors that mean "slow down" (HTTP 400 from Kinesis) become 429 for the SDKs.
@@ -228,13 +291,31 @@ ENVELOPE_FIELDS: dict[str, str] = {
     "requestId": "gateway request id (API Gateway $context.requestId; locally UUID-shaped: random, then counted)",
     "index": "position of the message in its request (0 for single-message routes)",
     "ip": "client source IP as the gateway saw it",
-    "userAgent": "User-Agent header of the request, or null",
+    "userAgent": f"User-Agent header of the request (first {MAX_USER_AGENT_CHARS} characters), or null",
     "route": "path segment after /v1/ the request came to (track, t, batch, import, b, ...)",
     "routeType": "message type implied by a single-message route, or null for batch routes",
     "message": "the message exactly as sent (a JSON object)",
     "batch": "for batch routes: {sentAt, context, integrations} of the batch (each null when absent); "
     "null for single-message routes",
 }
+# Replay appends one member to the envelopes it puts back on the stream, after "batch" (the
+# envelope's fields above stay as they were): the archiver does not archive such records again,
+# and replay never replays them (docs/envelope.md "Replayed records"). A byte suffix, so both
+# checks cost no JSON parse.
+REPLAYED_MARK = b',"replayed":true}\n'
+
+
+def mark_replayed(data: bytes) -> bytes:
+    """The envelope ``data`` marked as a replayed copy (unchanged if marked or not an object line)."""
+    if data.endswith(REPLAYED_MARK) or not data.endswith(b"}\n"):
+        return data
+    return data[:-2] + REPLAYED_MARK
+
+
+def is_replayed(data: bytes) -> bool:
+    return data.endswith(REPLAYED_MARK)
+
+
 # Partition key: "<requestId>:<index>". It spreads the messages of one large batch over all shards
 # (one shard takes 1 MB/s), is at most ~50 characters, and needs nothing from the client-controlled
 # body. Order across messages is not kept by Kinesis anyway beyond one key; the warehouse orders by

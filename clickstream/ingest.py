@@ -8,6 +8,7 @@ benchmarks all call the same code. The checks run in the same order as in
 from __future__ import annotations
 
 import itertools
+import re
 import secrets
 import zlib
 from collections.abc import Mapping
@@ -181,8 +182,58 @@ def _envelope_frame(fields: dict[str, Any]) -> tuple[bytes, bytes, bytes]:
             b"," + members(_FIELDS[_MESSAGE + 1 :]) + b"}\n")
 
 
+_PLAIN_ASCII = re.compile(r'[ !#-\[\]-~]*')
+_SHORT_ESCAPES = {8: "\\b", 9: "\\t", 10: "\\n", 12: "\\f", 13: "\\r"}
+
+
+def _escape_like_template(text: str) -> str:
+    """``$util.escapeJavaScript`` (commons-lang 2: UTF-16 units above 0x7F as ``\\uXXXX``) minus ``\\'``/``\\/``."""
+    out: list[str] = []
+    for ch in text:
+        code = ord(ch)
+        if code > 0xFFFF:
+            code -= 0x10000
+            out.append(f"\\u{0xD800 + (code >> 10):04X}\\u{0xDC00 + (code & 0x3FF):04X}")
+        elif code > 0x7F:
+            out.append(f"\\u{code:04X}")
+        elif code < 0x20:
+            out.append(_SHORT_ESCAPES.get(code, f"\\u{code:04X}"))
+        elif ch in '"\\':
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def user_agent_json(user_agent: str | None) -> bytes:
+    """The envelope's ``userAgent`` value: bounded, and the very bytes the mapping template writes.
+
+    Same bytes in both places keep the two record-size checks identical. Most User-Agents are
+    printable ASCII without quotes or backslashes and are copied as they are.
+    """
+    bounded = contract.bound_user_agent(user_agent)
+    if bounded is None:
+        return b"null"
+    if _PLAIN_ASCII.fullmatch(bounded):
+        return b'"' + bounded.encode("ascii") + b'"'
+    return b'"' + _escape_like_template(bounded).encode("ascii") + b'"'
+
+
+def check_record_limits(records: list[Record]) -> None:
+    """Refuse (413 records_too_large) records that Kinesis would not take in one PutRecords call."""
+    problem = contract.records_limit_error(contract.record_bytes(r.partition_key, r.data) for r in records)
+    if problem:
+        raise IngestError("records_too_large", problem)
+
+
 def build_records(info: RequestInfo, body: bytes, write_keys: Mapping[str, str]) -> list[Record]:
-    """Validate a tracking request and wrap each message in the record envelope."""
+    """Validate a tracking request and wrap each message in the record envelope.
+
+    Every check of ``templates/request.vtl`` runs here in the same order, the last being that the
+    records fit one Kinesis PutRecords call (:func:`check_record_limits`), so callers need nothing else.
+    """
+    if info.route not in contract.SINGLE_ROUTES and info.route not in contract.BATCH_ROUTES:
+        raise IngestError("not_found", f"no route {contract.API_PREFIX}/{info.route}")
     if len(body) > contract.MAX_REQUEST_BYTES:
         raise IngestError("request_too_large")
     payload = parse_body(body)
@@ -229,12 +280,32 @@ def build_records(info: RequestInfo, body: bytes, write_keys: Mapping[str, str])
         "receivedAt": info.received_at_ms,
         "requestId": info.request_id,
         "ip": info.ip,
-        "userAgent": info.user_agent,
+        "userAgent": orjson.Fragment(user_agent_json(info.user_agent)),
         "route": info.route,
         "routeType": route_type,
         "batch": orjson.Fragment(_dumps(batch)),
     })
     key = contract.partition_key
     rid = info.request_id
-    return [Record(key(rid, index), b"%b%d%b%b%b" % (head, index, mid, message, tail))
-            for index, message in enumerate(encoded)]
+    records = [Record(key(rid, index), b"%b%d%b%b%b" % (head, index, mid, message, tail))
+               for index, message in enumerate(encoded)]
+    # The sizes check_record_limits would add up, from the frame (no per-record Python loop): the
+    # total exactly, and an upper bound of the largest record. Only a request that may be over a
+    # limit pays for the exact check, which names the record and the limit.
+    count = len(encoded)
+    fixed = len(head) + len(mid) + len(tail) + len(rid.encode("utf-8")) + 1  # + "<index>" twice
+    total = count * fixed + 2 * _digits_total(count) + sum(map(len, encoded))
+    largest = fixed + 2 * len(str(count - 1)) + max(map(len, encoded))
+    if total > contract.KINESIS_MAX_BYTES_PER_PUT or largest > contract.KINESIS_MAX_RECORD_BYTES:
+        check_record_limits(records)
+    return records
+
+
+def _digits_total(count: int) -> int:
+    """How many decimal digits the numbers 0 .. count-1 have together."""
+    total, digits, low = 0, 1, 0
+    while low < count:
+        high = min(count, 10**digits)
+        total += (high - low) * digits
+        low, digits = high, digits + 1
+    return total

@@ -4,7 +4,9 @@ Objects are found by hour prefix (never by listing the whole archive) and read a
 whose envelope ``receivedAt`` falls in the range are put in PutRecords-sized chunks, only failed
 records are retried (exponential backoff with full jitter), and progress is checkpointed after
 every chunk so an interrupted replay resumes where it stopped. Replaying is idempotent end to end:
-records keep their envelope (and so their messageId), and the warehouse deduplicates by it.
+records keep their envelope (and so their messageId), and the warehouse deduplicates by it. The
+copies are marked (``contract.mark_replayed``): the local archiver does not archive them again and
+replay skips them when it finds them in an archive (Firehose archives them in AWS).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from clickstream.archive import ARCHIVE_PREFIX, hour_prefix, hours_between, iter
 from clickstream.contract import Record
 
 MAX_ATTEMPTS = 8
+# Where the replay state machine's Distributed Map writes its children's summaries (ResultWriter),
+# in the archive bucket, outside the archive's own events/ prefix.
+RESULT_PREFIX = "replay-results"
 
 
 class Target(Protocol):
@@ -68,20 +73,27 @@ def hour_prefixes(start: dt.datetime, end: dt.datetime, prefix: str = ARCHIVE_PR
     return [hour_prefix(prefix, h) for h in hours_between(start, end)]
 
 
-def _in_range(data: bytes, start_ms: int, end_ms: int) -> bool:
+def _envelope(data: bytes) -> dict[str, Any] | None:
+    """The record's envelope, parsed once per record (it is the replay's main CPU cost), or None."""
     try:
-        received = json.loads(data).get("receivedAt")
-    except (ValueError, AttributeError):
-        return True  # not an envelope we can date: replay it rather than drop it silently
+        env = json.loads(data)
+    except ValueError:
+        return None
+    return env if isinstance(env, dict) else None
+
+
+def _in_range(env: dict[str, Any] | None, start_ms: int, end_ms: int) -> bool:
+    received = env.get("receivedAt") if env is not None else None
+    # not an envelope we can date: replay it rather than drop it silently
     return not isinstance(received, int) or start_ms <= received <= end_ms
 
 
-def to_record(data: bytes) -> Record:
+def to_record(data: bytes, env: dict[str, Any] | None = None) -> Record:
     """The envelope's own request id and index give the same partition key as the original put."""
+    env = _envelope(data) if env is None else env
     try:
-        env = json.loads(data)
-        key = contract.partition_key(env["requestId"], env["index"])
-    except (ValueError, KeyError, TypeError):
+        key = contract.partition_key(env["requestId"], env["index"])  # type: ignore[index]
+    except (KeyError, TypeError):
         key = f"replay-{zlib.crc32(data):08x}"
     return Record(key[: contract.MAX_PARTITION_KEY_CHARS], data)
 
@@ -90,7 +102,7 @@ def chunks(records: Iterator[Record]) -> Iterator[list[Record]]:
     batch: list[Record] = []
     size = 0
     for record in records:
-        weight = len(record.data) + len(record.partition_key.encode())
+        weight = contract.record_bytes(record.partition_key, record.data)
         if batch and (len(batch) >= contract.KINESIS_MAX_RECORDS_PER_PUT
                       or size + weight > contract.KINESIS_MAX_BYTES_PER_PUT):
             yield batch
@@ -140,6 +152,7 @@ class ReplayStats:
     records: int = 0
     bytes: int = 0
     skipped_out_of_range: int = 0
+    skipped_replayed: int = 0
     retries: int = 0
     seconds: float = 0.0
 
@@ -180,10 +193,17 @@ def replay_object(archive: Any, key: str, target: Target | None, start: dt.datet
             line_no += 1
             if line_no <= skip:
                 continue
-            if not _in_range(data, start_ms, end_ms):
+            if contract.is_replayed(data):  # a copy a replay put back (archived by Firehose): never again
+                stats.skipped_replayed += 1
+                continue
+            env = _envelope(data)
+            if not _in_range(env, start_ms, end_ms):
                 stats.skipped_out_of_range += 1
                 continue
-            yield to_record(data)
+            # Only envelopes are marked: a malformed record keeps its bytes, so the warehouse's
+            # `rejected` table (deduplicated by the raw record) still recognises its copy.
+            is_envelope = env is not None and "requestId" in env and "index" in env
+            yield to_record(contract.mark_replayed(data) if is_envelope else data, env)
 
     for batch in chunks(selected()):
         if limiter:

@@ -113,12 +113,16 @@ def render(phase: str, names: ModelNames, connection: dict[str, str],
 
 
 def render_replay(plan_function_arn: str, replay_function_arn: str, max_concurrency: int,
-                  tolerated_failure_percentage: int) -> dict[str, Any]:
-    """The replay state machine: plan the hours of the range, then a Distributed Map over them."""
+                  tolerated_failure_percentage: int, result_bucket: str) -> dict[str, Any]:
+    """The replay state machine: plan the hours of the range, then a Distributed Map over them
+    whose results are written to ``result_bucket`` under ``replay.RESULT_PREFIX``."""
+    from clickstream.replay import RESULT_PREFIX
+
     asl = json.loads((STATEMACHINES_DIR / REPLAY).read_text())
     return _fill(asl, {"PlanFunctionArn": plan_function_arn, "ReplayFunctionArn": replay_function_arn,
                        "MaxConcurrency": max_concurrency,
-                       "ToleratedFailurePercentage": tolerated_failure_percentage})
+                       "ToleratedFailurePercentage": tolerated_failure_percentage,
+                       "ResultBucket": result_bucket, "ResultPrefix": RESULT_PREFIX})
 
 
 def state_names(asl: dict[str, Any]) -> list[str]:

@@ -32,8 +32,8 @@ class CopyFiles:
 
 
 def python_function(scope: Construct, construct_id: str, *, name: str, handler: str, modules: list[str],
-                    environment: dict[str, str] | None = None, timeout: cdk.Duration | None = None
-                    ) -> lambda_.Function:
+                    environment: dict[str, str] | None = None, timeout: cdk.Duration | None = None,
+                    memory_size: int | None = None) -> lambda_.Function:
     """``functions/<name>/handler.py`` + ``clickstream/<module>.py`` for each of ``modules``."""
     files = {"handler.py": ROOT / "functions" / name / "handler.py",
              "clickstream/__init__.py": ROOT / "clickstream" / "__init__.py"}
@@ -54,6 +54,7 @@ def python_function(scope: Construct, construct_id: str, *, name: str, handler: 
         layers=[layer],
         tracing=lambda_.Tracing.ACTIVE,
         timeout=timeout or cdk.Duration.minutes(1),
+        memory_size=memory_size,
         environment={"POWERTOOLS_SERVICE_NAME": f"clickstream-{name}", **(environment or {})},
         log_group=log_group,
     )

@@ -42,7 +42,10 @@ class IngestStack(cdk.Stack):
             # before the mapping template runs (api-gateway-gzip-compression-decompression).
             min_compression_size=cdk.Size.kibibytes(1),
             cloud_watch_role=True,
-            cloud_watch_role_removal_policy=cdk.RemovalPolicy.DESTROY,
+            # The API Gateway account's CloudWatch role is account- and region-wide: other APIs use
+            # it, so destroying this stack must not remove it
+            # (https://docs.aws.amazon.com/apigateway/latest/developerguide/set-up-logging.html).
+            cloud_watch_role_removal_policy=cdk.RemovalPolicy.RETAIN,
             deploy_options=apigw.StageOptions(
                 stage_name=settings.stage_name,
                 tracing_enabled=True,
@@ -67,8 +70,9 @@ class IngestStack(cdk.Stack):
         self.role = iam.Role(self, "KinesisIntegrationRole",
                              assumed_by=iam.ServicePrincipal("apigateway.amazonaws.com"),
                              description="API Gateway -> Kinesis PutRecords for the tracking API")
+        stream = storage.stream_ref(self)
         self.role.add_to_policy(iam.PolicyStatement(actions=["kinesis:PutRecord", "kinesis:PutRecords"],
-                                                    resources=[storage.stream.stream_arn]))
+                                                    resources=[stream.stream_arn]))
         storage.key.grant(self.role, "kms:GenerateDataKey")
 
         self.validator = self.api.add_request_validator("BodyIsJson", validate_request_body=True,
@@ -79,35 +83,41 @@ class IngestStack(cdk.Stack):
                                     title="Segment message or batch"))
 
         self._gateway_responses()
-        v1 = self.api.root.add_resource(contract.API_PREFIX.strip("/"))
-        integration = self._kinesis_integration(settings, storage)
-        for path in contract.tracking_paths():
-            route = contract.route_of(path)
-            resource = v1.add_resource(route)
-            if route == contract.METRICS_ROUTE:
-                resource.add_method("POST", self._metrics_integration(), method_responses=self._method_responses())
-            else:
-                resource.add_method("POST", integration, request_validator=self.validator,
-                                    request_models=dict.fromkeys(JSON_TYPES, self.body_model),
-                                    method_responses=self._method_responses())
-        settings_resource = self.api.root
-        for part in contract.SETTINGS_PATH.strip("/").split("/"):
-            settings_resource = settings_resource.get_resource(part) or settings_resource.add_resource(part)
-        settings_resource.add_method("GET", self._settings_integration(settings),
-                                     request_parameters={"method.request.path.writeKey": True},
-                                     method_responses=self._method_responses())
+        # Every tracking route is one method on /v1/{route} with one request template that checks
+        # the route: the template (and the write keys in it) exists once, not once per route, so
+        # the stack stays far below CloudFormation's 1 MB even with hundreds of keys. /v1/m is a
+        # static resource, which API Gateway prefers over the path variable.
+        tracking = self._resource(contract.TRACKING_RESOURCE)
+        tracking.add_method("POST", self._kinesis_integration(settings, storage), request_validator=self.validator,
+                            request_parameters={f"method.request.path.{contract.ROUTE_PARAM}": True},
+                            request_models=dict.fromkeys(JSON_TYPES, self.body_model),
+                            method_responses=self._method_responses())
+        self._resource(f"{contract.API_PREFIX}/{contract.METRICS_ROUTE}").add_method(
+            "POST", self._metrics_integration(), method_responses=self._method_responses())
+        self._resource(contract.SETTINGS_PATH).add_method(
+            "GET", self._settings_integration(settings),
+            request_parameters={f"method.request.path.{contract.SETTINGS_PARAM}": True},
+            method_responses=self._method_responses())
 
         self.monitoring = PipelineMonitoring(self, "Monitoring", api=self.api, stage_name=settings.stage_name,
-                                             stream=storage.stream, delivery_stream=storage.delivery_stream,
+                                             stream=stream, delivery_stream=storage.delivery_stream_ref(self),
                                              alarm_email=settings.alarm_email)
 
         endpoint = self.api.url.rstrip("/")
         cdk.CfnOutput(self, "Endpoint", value=endpoint,
                       description="SDK host: python analytics.host, node host, analytics-next cdnURL")
-        cdk.CfnOutput(self, "SettingsUrl", value=f"{endpoint}/v1/projects/<writeKey>/settings")
-        cdk.CfnOutput(self, "ApiHost", value=cdk.Fn.select(1, cdk.Fn.split("://", endpoint)) + "/v1",
+        settings_url = contract.SETTINGS_PATH.replace("{" + contract.SETTINGS_PARAM + "}", "<writeKey>")
+        cdk.CfnOutput(self, "SettingsUrl", value=f"{endpoint}{settings_url}")
+        cdk.CfnOutput(self, "ApiHost", value=cdk.Fn.select(1, cdk.Fn.split("://", endpoint)) + contract.API_PREFIX,
                       description="analytics-next integrations['Segment.io'].apiHost")
         self._acknowledge()
+
+    def _resource(self, path: str) -> apigw.IResource:
+        """The API resource for a contract path, creating the missing parts."""
+        resource = self.api.root
+        for part in path.strip("/").split("/"):
+            resource = resource.get_resource(part) or resource.add_resource(part)
+        return resource
 
     # -- integrations -----------------------------------------------------------------------
     def _cors(self) -> dict[str, str]:

@@ -6,6 +6,7 @@ import aws_cdk as cdk
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kinesis as kinesis
 from aws_cdk import aws_kinesisfirehose as firehose
 from aws_cdk import aws_kms as kms
@@ -24,9 +25,18 @@ class PipelineMonitoring(Construct):
         super().__init__(scope, construct_id)
         key = kms.Key(self, "TopicKey", enable_key_rotation=True, removal_policy=cdk.RemovalPolicy.DESTROY,
                       description="Encrypts clickstream alarm notifications")
-        key.grant_encrypt_decrypt(cdk.aws_iam.ServicePrincipal("cloudwatch.amazonaws.com"))
+        key.grant_encrypt_decrypt(iam.ServicePrincipal("cloudwatch.amazonaws.com"))
         self.topic = sns.Topic(self, "Alarms", display_name="Clickstream alarms", master_key=key,
                                enforce_ssl=True)
+        # enforce_ssl gives the topic a policy of its own, which replaces SNS's default policy: without
+        # this statement CloudWatch may not publish and no alarm would ever notify anyone
+        # (https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/Notify_Users_Alarm_Changes.html,
+        # https://docs.aws.amazon.com/sns/latest/dg/sns-access-policy-use-cases.html). The alarms of the
+        # other stacks of this app publish here too; aws:SourceAccount keeps it to this account's alarms.
+        self.topic.add_to_resource_policy(iam.PolicyStatement(
+            sid="AllowCloudWatchAlarmsOfThisAccount", actions=["sns:Publish"], resources=[self.topic.topic_arn],
+            principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+            conditions={"StringEquals": {"aws:SourceAccount": cdk.Stack.of(self).account}}))
         if alarm_email:
             self.topic.add_subscription(subs.EmailSubscription(alarm_email))
 

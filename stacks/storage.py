@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aws_cdk as cdk
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kinesis as kinesis
 from aws_cdk import aws_kinesisfirehose as firehose
 from aws_cdk import aws_kms as kms
@@ -14,8 +15,14 @@ from clickstream import archive
 from clickstream.config import Settings
 
 
+def delivery_stream_name(stream_name: str) -> str:
+    """Firehose names are 1-64 characters of [a-zA-Z0-9_.-]; stream names may be up to 128."""
+    return f"{stream_name[:56]}-archive"
+
+
 class StorageStack(cdk.Stack):
-    """Exposes ``stream``, ``key``, ``bucket`` and ``delivery_stream`` for the other stacks."""
+    """Exposes ``stream``, ``key``, ``bucket`` and ``delivery_stream``; other stacks use
+    :meth:`stream_ref` and :meth:`delivery_stream_ref` so that renaming the stream is one deploy."""
 
     def __init__(self, scope: Construct, construct_id: str, *, settings: Settings, **kwargs) -> None:
         super().__init__(scope, construct_id, **kwargs)
@@ -24,15 +31,26 @@ class StorageStack(cdk.Stack):
                            description="Encrypts the clickstream Kinesis stream",
                            removal_policy=cdk.RemovalPolicy.RETAIN)
         on_demand = settings.stream_mode == "ON_DEMAND"
+        self.stream_name = settings.stream_name
+        # The stream has a fixed name (the Redshift streaming view and the mapping template name it),
+        # so a retained stream would make the next deploy after `cdk destroy` fail with "already
+        # exists". It is deleted with the stack: it holds at most `retentionHours` of records, all of
+        # which Firehose has delivered to the archive bucket (retained) within its buffer interval.
         self.stream = kinesis.Stream(
             self, "Events",
             stream_name=settings.stream_name,
+            removal_policy=cdk.RemovalPolicy.DESTROY,
             stream_mode=kinesis.StreamMode.ON_DEMAND if on_demand else kinesis.StreamMode.PROVISIONED,
             shard_count=None if on_demand else settings.shard_count,
             retention_period=cdk.Duration.hours(settings.retention_hours),
             encryption=kinesis.StreamEncryption.KMS,
             encryption_key=self.key,
         )
+        # A rename replaces the stream: keep the old one (UpdateReplacePolicy) with the records of
+        # its last minutes that the replaced delivery stream may not have archived yet.
+        stream_resource = self.stream.node.default_child
+        assert isinstance(stream_resource, cdk.CfnResource)
+        stream_resource.cfn_options.update_replace_policy = cdk.CfnDeletionPolicy.RETAIN
 
         self.access_logs = s3.Bucket(
             self, "AccessLogs",
@@ -67,13 +85,27 @@ class StorageStack(cdk.Stack):
             removal_policy=cdk.RemovalPolicy.RETAIN,
         )
 
+        # Firehose's role, trusted only for this account's delivery streams (confused deputy:
+        # https://docs.aws.amazon.com/firehose/latest/dev/controlling-access.html#using-iam-s3,
+        # https://docs.aws.amazon.com/IAM/latest/UserGuide/confused-deputy.html). CDK grants it the
+        # stream read, key decrypt and bucket write it needs.
+        self.firehose_role = iam.Role(
+            self, "ArchiveDeliveryRole", description="Firehose: read the clickstream stream, write the archive",
+            assumed_by=iam.ServicePrincipal("firehose.amazonaws.com",
+                                            conditions={"StringEquals": {"aws:SourceAccount": self.account}}))
         self.firehose_logs = logs.LogGroup(self, "ArchiveDeliveryLogs", retention=logs.RetentionDays.ONE_MONTH,
                                            removal_policy=cdk.RemovalPolicy.DESTROY)
+        # Named after the stream: a new source replaces the delivery stream, and a generated name
+        # would then change an export other stacks import (see stream_ref).
+        self.delivery_stream_name = delivery_stream_name(settings.stream_name)
         self.delivery_stream = firehose.DeliveryStream(
             self, "ArchiveDelivery",
+            delivery_stream_name=self.delivery_stream_name,
             source=firehose.KinesisStreamSource(self.stream),
+            role=self.firehose_role,
             destination=firehose.S3Bucket(
                 self.bucket,
+                role=self.firehose_role,
                 compression=firehose.Compression.GZIP,
                 # Same keys as the local archiver: events/YYYY/MM/dd/HH/<name>-1-<time>-<uuid>.gz
                 data_output_prefix=archive.FIREHOSE_PREFIX,
@@ -84,11 +116,35 @@ class StorageStack(cdk.Stack):
             ),
         )
 
+        # Stacks deployed before stream_ref imported these; keep exporting them so an upgrade is one
+        # deploy (CloudFormation refuses to delete an export still imported)
+        # (https://docs.aws.amazon.com/cdk/api/v2/python/aws_cdk/Stack.html#aws_cdk.Stack.export_value).
+        for value in (self.stream.stream_arn, self.stream.stream_name, self.delivery_stream.delivery_stream_name):
+            self.export_value(value)
+
         cdk.CfnOutput(self, "StreamName", value=self.stream.stream_name)
         cdk.CfnOutput(self, "ArchiveBucket", value=self.bucket.bucket_name,
                       description="s3://<this>/events/ is what `clickstream replay --source` reads")
 
         self._acknowledge()
+
+    def stream_ref(self, scope: Construct) -> kinesis.IStream:
+        """The stream for another stack, by its configured name rather than an imported token.
+
+        Renaming the stream replaces it; an ARN imported from this stack would then be an export in
+        use whose value changes, which CloudFormation refuses (a two-step deploy). Built from the
+        name, the other stacks simply update in the same `cdk deploy --all`. The key is imported:
+        it does not change with the name.
+        """
+        stack = cdk.Stack.of(scope)
+        arn = stack.format_arn(service="kinesis", resource="stream", resource_name=self.stream_name)
+        return kinesis.Stream.from_stream_attributes(scope, "ClickstreamStream", stream_arn=arn,
+                                                     encryption_key=self.key)
+
+    def delivery_stream_ref(self, scope: Construct) -> firehose.IDeliveryStream:
+        """The archive delivery stream for another stack, by name (see :meth:`stream_ref`)."""
+        return firehose.DeliveryStream.from_delivery_stream_name(scope, "ClickstreamArchiveDelivery",
+                                                                 self.delivery_stream_name)
 
     def _acknowledge(self) -> None:
         firehose_s3 = ("Firehose's role (granted by the CDK S3 destination) writes objects under time-based keys "

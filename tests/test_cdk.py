@@ -107,9 +107,9 @@ def test_archive_bucket_is_locked_down_with_lifecycle_and_access_logs(storage):
 def test_no_lambda_between_api_gateway_and_kinesis(ingest):
     assert ingest.find_resources("AWS::Lambda::Function") == {}
     methods = ingest.find_resources("AWS::ApiGateway::Method", {"Properties": {"HttpMethod": "POST"}})
-    assert len(methods) == len(contract.tracking_paths())
+    assert len(methods) == 2  # /v1/{route} for every tracking route, and /v1/m (mock)
     kinesis = [m for m in methods.values() if m["Properties"]["Integration"]["Type"] == "AWS"]
-    assert len(kinesis) == len(contract.tracking_paths()) - 1  # all but /v1/m (mock)
+    assert len(kinesis) == 1
     for m in kinesis:
         uri = json.dumps(m["Properties"]["Integration"]["Uri"])
         assert ":kinesis:action/PutRecords" in uri
@@ -206,7 +206,7 @@ def method_for(template: Template, path_part: str, http_method: str = "POST") ->
 def test_deployed_templates_turn_real_sdk_requests_into_the_local_records(ingest, use_gzip):
     import gzip
 
-    integration = method_for(ingest, "batch")["Integration"]
+    integration = method_for(ingest, "{route}")["Integration"]
     request_template = integration["RequestTemplates"]["application/json"]
     responses = {r.get("SelectionPattern", ""): r["ResponseTemplates"]["application/json"]
                  for r in integration["IntegrationResponses"]}
@@ -215,8 +215,8 @@ def test_deployed_templates_turn_real_sdk_requests_into_the_local_records(ingest
         if headers.get("Content-Encoding") == "gzip":  # API Gateway inflates before the template
             body = gzip.decompress(body)
         text = body.decode()
-        req = apigw.GatewayRequest(resource_path="/v1/batch", body=text, headers=headers, request_id="req-9",
-                                   request_time_epoch=1795867210000, source_ip="203.0.113.5")
+        req = apigw.GatewayRequest.tracking("batch", text, headers=headers, request_id="req-9",
+                                            request_time_epoch=1795867210000, source_ip="203.0.113.5")
         rendered, _ = apigw.render(request_template, text, req)
         put = json.loads(rendered)
         assert put["StreamName"] == "clickstream-events"
@@ -341,3 +341,163 @@ def test_deploy_order_storage_ingest_then_warehouse_and_replay(synthesized):
     assert deps["ClickstreamIngest"] == ["ClickstreamStorage"]
     assert deps["ClickstreamWarehouse"] == ["ClickstreamIngest", "ClickstreamStorage"]
     assert deps["ClickstreamReplay"] == ["ClickstreamStorage"]
+
+
+def _tracking_integration(template: Template) -> tuple[str, dict[str, str]]:
+    integration = method_for(template, "{" + contract.ROUTE_PARAM + "}")["Integration"]
+    responses = {r.get("SelectionPattern", ""): r["ResponseTemplates"]["application/json"]
+                 for r in integration["IntegrationResponses"]}
+    return integration["RequestTemplates"]["application/json"], responses
+
+
+@pytest.mark.parametrize("route", [*contract.SINGLE_ROUTES, *contract.BATCH_ROUTES])
+def test_every_route_works_through_the_one_deployed_method(ingest, route):
+    request_template, _ = _tracking_integration(ingest)
+    message = {"type": contract.SINGLE_ROUTES.get(route, "track"), "userId": "u1", "event": "Ünïcode ✓",
+               "messageId": f"m-{route}"}
+    body = json.dumps({"batch": [message, message], "writeKey": "web-write-key-1"} if route in contract.BATCH_ROUTES
+                      else {**message, "writeKey": "web-write-key-1"}, ensure_ascii=False)
+    req = apigw.GatewayRequest.tracking(route, body, request_id="req-1", request_time_epoch=5, source_ip="192.0.2.1")
+    put = json.loads(apigw.render(request_template, body, req)[0])
+    assert put["StreamName"] == "clickstream-events"
+    local = build_records(RequestInfo(route, "req-1", 5, "192.0.2.1"), body.encode(), KEYS)
+    assert [base64.b64decode(r["Data"]) for r in put["Records"]] == [r.data for r in local]
+    assert json.loads(local[0].data)["route"] == route
+
+
+def test_an_unknown_route_is_a_404_from_the_deployed_method(ingest):
+    request_template, responses = _tracking_integration(ingest)
+    body = json.dumps({"type": "track", "event": "e", "writeKey": "web-write-key-1"})
+    req = apigw.GatewayRequest.tracking("trak", body)
+    put = json.loads(apigw.render(request_template, body, req)[0])
+    assert put["StreamName"] == contract.REJECT_STREAM_PREFIX + "not_found"
+    # Kinesis answers 400 naming the stream; the error template makes it Segment's 404
+    denied = f"not authorized on resource: arn:aws:kinesis:eu-west-1:1:stream/{put['StreamName']}"
+    error = json.dumps({"__type": "AccessDeniedException", "message": denied})
+    answer = apigw.integration_response(responses, 400, error, req)
+    assert (answer.status, answer.json()["code"]) == (404, "not_found")
+
+
+def _ingest_template_bytes(tmp_path: Path, keys: dict[str, str]) -> int:
+    assembly, _ = synth(tmp_path, writeKeys=keys)
+    return (Path(assembly.directory) / "ClickstreamIngest.template.json").stat().st_size
+
+
+def test_template_size_does_not_grow_with_routes_times_keys(tmp_path):
+    """CloudFormation takes at most 1 MB of template (S3 upload); API Gateway 300 KB per mapping template.
+    (https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/cloudformation-limits.html,
+    https://docs.aws.amazon.com/apigateway/latest/developerguide/limits.html)"""
+    two = _ingest_template_bytes(tmp_path / "2", KEYS)
+    many = {f"write-key-{i:04d}-{'x' * 40}": f"source-{i}" for i in range(100)}
+    hundred = _ingest_template_bytes(tmp_path / "100", many)
+    # measured: 75 KB with 2 keys and 98 KB with 100 (471 KB and 702 KB when every route had its
+    # own method and template)
+    assert two < 150_000, two
+    assert hundred < 250_000, hundred
+    # each key appears a fixed number of times: 2 media types + the settings check
+    [path] = (tmp_path / "100").glob("ClickstreamIngest.template.json")
+    text = path.read_text()
+    assert text.count("write-key-0042-") == 3
+    for method in json.loads(text)["Resources"].values():
+        for tpl in method.get("Properties", {}).get("Integration", {}).get("RequestTemplates", {}).values():
+            assert len(json.dumps(tpl)) < 300_000
+
+
+def test_ingest_stack_takes_its_paths_from_the_contract(tmp_path, monkeypatch):
+    """No hard-coded /v1 or settings path in the stack: a different prefix changes every path and output."""
+    monkeypatch.setattr(contract, "API_PREFIX", "/v9")
+    monkeypatch.setattr(contract, "SETTINGS_PATH", "/v9/sources/{writeKey}/config")
+    monkeypatch.setattr(contract, "TRACKING_RESOURCE", "/v9/{route}")
+    _, templates = synth(tmp_path)
+    ingest = templates["ClickstreamIngest"]
+    parts = {r["Properties"]["PathPart"] for r in ingest.find_resources("AWS::ApiGateway::Resource").values()}
+    assert {"v9", "{route}", "sources", "{writeKey}", "config", "m"} <= parts and "v1" not in parts
+    outputs = json.dumps(ingest.find_outputs("*"))
+    assert "/v9/sources/<writeKey>/config" in outputs and '"/v9"' in outputs
+    assert "/v1" not in outputs
+
+
+def test_account_cloudwatch_role_is_retained(ingest):
+    account = ingest.find_resources("AWS::ApiGateway::Account")
+    role_id = next(iter(account.values()))["Properties"]["CloudWatchRoleArn"]["Fn::GetAtt"][0]
+    role = ingest.find_resources("AWS::IAM::Role")[role_id]
+    assert role["DeletionPolicy"] == "Retain" and role["UpdateReplacePolicy"] == "Retain"
+    assert next(iter(account.values()))["DeletionPolicy"] == "Retain"
+
+
+def test_cloudwatch_may_publish_alarms_to_the_ssl_only_topic(ingest):
+    """The SSL-only topic policy replaces SNS's default policy: CloudWatch needs its own Allow."""
+    [policy] = ingest.find_resources("AWS::SNS::TopicPolicy").values()
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    allow = [s for s in statements if s["Effect"] == "Allow" and s.get("Principal") == {
+        "Service": "cloudwatch.amazonaws.com"}]
+    assert len(allow) == 1
+    assert allow[0]["Action"] == "sns:Publish"
+    assert allow[0]["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    assert any(s["Effect"] == "Deny" and "aws:SecureTransport" in json.dumps(s) for s in statements)
+    # every alarm of the ingest stack notifies that topic
+    topic = next(iter(ingest.find_resources("AWS::SNS::Topic")))
+    for alarm in ingest.find_resources("AWS::CloudWatch::Alarm").values():
+        assert alarm["Properties"]["AlarmActions"] == [{"Ref": topic}]
+
+
+def test_firehose_trusts_only_this_account(storage):
+    roles = [r for r in storage.find_resources("AWS::IAM::Role").values()
+             if "firehose.amazonaws.com" in json.dumps(r["Properties"]["AssumeRolePolicyDocument"])]
+    assert roles
+    for role in roles:
+        for statement in role["Properties"]["AssumeRolePolicyDocument"]["Statement"]:
+            assert statement["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    [stream] = storage.find_resources("AWS::KinesisFirehose::DeliveryStream").values()
+    text = json.dumps(stream["Properties"])
+    role_id = next(iter(r for r, v in storage.find_resources("AWS::IAM::Role").items()
+                        if "firehose.amazonaws.com" in json.dumps(v)))
+    assert text.count(role_id) >= 2  # the source and the S3 destination use it
+
+
+def test_replay_memory_timeout_and_partition_aware_definition(synthesized):
+    _, templates = synthesized
+    t = templates["ClickstreamReplay"]
+    functions = {f["Properties"]["Handler"]: f["Properties"]
+                 for f in t.find_resources("AWS::Lambda::Function").values()}
+    assert functions["handler.replay_hour"]["MemorySize"] == 1769  # one full vCPU
+    assert functions["handler.replay_hour"]["Timeout"] == 900
+    [machine] = t.find_resources("AWS::StepFunctions::StateMachine").values()
+    definition = json.dumps(machine["Properties"]["DefinitionString"])
+    assert "arn:aws:" not in definition
+    assert machine["Properties"]["DefinitionSubstitutions"] == {"Partition": {"Ref": "AWS::Partition"}}
+    assert "Sandbox.Timedout" in definition and "ResultWriter" in definition
+    policies = json.dumps(t.find_resources("AWS::IAM::Policy"))
+    assert "/replay-results/*" in policies
+
+
+def _imports(template_path: Path) -> set[str]:
+    import re
+
+    return set(re.findall(r'"Fn::ImportValue": "([^"]+)"', template_path.read_text()))
+
+
+def test_renaming_the_stream_is_one_deploy_and_redeploy_after_destroy_does_not_collide(tmp_path):
+    """A rename replaces the stream (and the delivery stream reading it). CloudFormation refuses to
+    change an export another stack imports, so the ingest and replay stacks must not import anything
+    of those two resources; and the fixed-name stream must not survive `cdk destroy`."""
+    a, _ = synth(tmp_path / "a", streamName="clickstream-events")
+    b, _ = synth(tmp_path / "b", streamName="clickstream-events-v2")
+    storage_a = json.loads((Path(a.directory) / "ClickstreamStorage.template.json").read_text())
+    storage_b = json.loads((Path(b.directory) / "ClickstreamStorage.template.json").read_text())
+    replaced = {lid for lid, r in storage_a["Resources"].items()
+                if r["Type"] in ("AWS::Kinesis::Stream", "AWS::KinesisFirehose::DeliveryStream")
+                and r["Properties"] != storage_b["Resources"][lid]["Properties"]}
+    assert len(replaced) == 2
+    changing_exports = {o["Export"]["Name"] for o in storage_a.get("Outputs", {}).values()
+                        if "Export" in o and any(lid in json.dumps(o["Value"]) for lid in replaced)}
+    assert changing_exports  # still exported for stacks deployed before, so an upgrade is one deploy too
+    for stack in ("ClickstreamIngest", "ClickstreamReplay"):
+        for directory in (a.directory, b.directory):
+            assert not _imports(Path(directory) / f"{stack}.template.json") & changing_exports, stack
+    [stream] = [r for r in storage_a["Resources"].values() if r["Type"] == "AWS::Kinesis::Stream"]
+    assert stream["DeletionPolicy"] == "Delete" and stream["Properties"]["Name"] == "clickstream-events"
+    assert stream["UpdateReplacePolicy"] == "Retain"  # a rename keeps the old stream's last records
+    names = [r["Properties"].get("BucketName") for r in storage_a["Resources"].values()
+             if r["Type"] == "AWS::S3::Bucket"]
+    assert names and not any(names)  # retained buckets have generated names: no collision either

@@ -49,7 +49,7 @@ def test_numbers_and_escapes_json_cannot_represent(live_collector, raw, code):
 def gateway(route: str, body: str, headers: dict | None = None) -> tuple[apigw.GatewayResponse, list[dict]]:
     """The deployed path for one request: request template, Kinesis's answer, response; plus the
     envelopes that would reach the real stream (none for a rejection)."""
-    req = apigw.GatewayRequest(resource_path=f"/v1/{route}", body=body, headers=headers or {})
+    req = apigw.GatewayRequest.tracking(route, body, headers=headers or {})
     put = json.loads(apigw.render(REQUEST_TEMPLATE, body, req)[0])
     code = rejection_of(put)
     if code is None:

@@ -15,7 +15,7 @@ from moto import mock_aws
 
 from clickstream import archive, replay
 from clickstream.cli import main
-from clickstream.contract import Record
+from clickstream.contract import Record, is_replayed, mark_replayed
 from clickstream.ingest import RequestInfo, build_records
 from clickstream.stream import LocalStream
 from clickstream.warehouse import Warehouse
@@ -145,7 +145,8 @@ def test_s3_to_kinesis_retries_only_failed_records_and_loses_none(tmp_path, monk
         if not page["Records"]:
             break
         iterator = page["NextShardIterator"]
-    assert sorted(r["Data"] for r in got) == sorted(r.data for r in sent)  # every record exactly once
+    # every record exactly once, marked as a replayed copy
+    assert sorted(r["Data"] for r in got) == sorted(mark_replayed(r.data) for r in sent)
     assert {r["PartitionKey"] for r in got} == {r.partition_key for r in sent}
 
 
@@ -230,16 +231,292 @@ def test_lambda_handlers_plan_and_replay_an_hour(monkeypatch):
     it = kinesis.get_shard_iterator(StreamName="events", ShardId=shard, ShardIteratorType="TRIM_HORIZON")
     got = kinesis.get_records(ShardIterator=it["ShardIterator"])["Records"]
     assert len(got) == 50
-    # what landed on the stream named by STREAM_NAME is exactly what was archived, keys included
-    assert [(r["Data"], r["PartitionKey"]) for r in got] == [(r.data, r.partition_key) for r in records]
+    # what landed on the stream named by STREAM_NAME is what was archived, marked, keys included
+    assert [(r["Data"], r["PartitionKey"]) for r in got] == [(mark_replayed(r.data), r.partition_key)
+                                                             for r in records]
 
 
 def test_replay_state_machine_is_well_formed():
     from clickstream import workflows
 
-    asl = workflows.render_replay("arn:plan", "arn:replay", 10, 5)
+    asl = workflows.render_replay("arn:plan", "arn:replay", 10, 5, "archive")
     assert workflows.dangling_transitions(asl) == []
     mapping = asl["States"]["ReplayEachHour"]
     assert mapping["ItemProcessor"]["ProcessorConfig"]["Mode"] == "DISTRIBUTED"
     assert (mapping["MaxConcurrency"], mapping["ToleratedFailurePercentage"]) == (10, 5)
     assert asl["States"]["PlanHours"]["Parameters"]["FunctionName"] == "arn:plan"
+
+
+# ---------------------------------------------------------------------------------------------
+# The built Lambda assets, where only the standard library, boto3 and Powertools can be imported
+# ---------------------------------------------------------------------------------------------
+# What the Lambda runtime (boto3) and the Powertools layer provide, with their dependencies.
+LAMBDA_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six",
+                   "aws_lambda_powertools", "typing_extensions", "aws_xray_sdk", "wrapt")
+CHILD = r"""
+import importlib.util, json, sys
+from types import SimpleNamespace
+asset, site, name, event = sys.argv[1:5]
+sys.path[:0] = [asset, site]
+assert importlib.util.find_spec("orjson") is None, "orjson must not be importable here"
+import handler
+ctx = SimpleNamespace(function_name="fn", memory_limit_in_mb=1769, aws_request_id="req-1",
+                      invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:fn")
+print(json.dumps(getattr(handler, name)(json.loads(event), ctx) if name else "imported"))
+"""
+
+
+def lambda_site(tmp_path: Path) -> Path:
+    site = tmp_path / "lambda-site"
+    site.mkdir()
+    for name in LAMBDA_PACKAGES:
+        origin = Path(importlib.util.find_spec(name).origin)
+        source = origin.parent if origin.name == "__init__.py" else origin
+        (site / source.name).symlink_to(source)
+    return site
+
+
+def run_in_lambda_like_python(asset: Path, site: Path, name: str, event: dict, env: dict) -> dict | str:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", CHILD, str(asset), str(site), name, json.dumps(event)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def built_assets(tmp_path_factory) -> list[Path]:
+    pytest.importorskip("aws_cdk")
+    from tests.test_cdk import synth
+
+    assembly, _ = synth(tmp_path_factory.mktemp("cdk.out"))
+    return sorted(p for p in Path(assembly.directory).glob("asset.*") if (p / "handler.py").exists())
+
+
+def test_every_built_function_imports_with_only_stdlib_boto3_and_powertools(built_assets, tmp_path):
+    """clickstream.archive imported orjson (through the local stream): every replay failed at import."""
+    site = lambda_site(tmp_path)
+    env = {"PATH": "/usr/bin:/bin", "AWS_DEFAULT_REGION": "us-east-1", "POWERTOOLS_TRACE_DISABLED": "1"}
+    assert len(built_assets) >= 3  # replay, and the warehouse's deploy hooks
+    for asset in built_assets:
+        assert run_in_lambda_like_python(asset, site, "", {}, env) == "imported", asset
+
+
+def test_built_replay_function_replays_an_hour_against_moto(built_assets, tmp_path):
+    from moto.server import ThreadedMotoServer
+
+    from tests.conftest import free_port
+
+    [asset] = [p for p in built_assets if "def replay_hour" in (p / "handler.py").read_text()]
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing")
+        kinesis = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1",
+                               aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket="archive")
+        kinesis.create_stream(StreamName="events", ShardCount=1)
+        records = envelopes(40, T0 + dt.timedelta(minutes=7), tag="iso")
+        key = archive.object_key(archive.ARCHIVE_PREFIX, "firehose", T0 + dt.timedelta(minutes=7))
+        s3.put_object(Bucket="archive", Key=key, Body=gzip.compress(b"".join(r.data for r in records)))
+        env = {"PATH": "/usr/bin:/bin", "AWS_ENDPOINT_URL": endpoint, **creds, "ARCHIVE_BUCKET": "archive",
+               "STREAM_NAME": "events", "POWERTOOLS_TRACE_DISABLED": "1",
+               "POWERTOOLS_METRICS_NAMESPACE": "Clickstream", "POWERTOOLS_SERVICE_NAME": "clickstream-replay"}
+        site = lambda_site(tmp_path)
+        planned = run_in_lambda_like_python(asset, site, "plan", {"from": "2026-11-28T10:00:00Z",
+                                                                  "to": "2026-11-28T10:59:59Z"}, env)
+        assert planned["hours"] == ["events/2026/11/28/09/", "events/2026/11/28/10/"]
+        result = run_in_lambda_like_python(asset, site, "replay_hour", {"prefix": planned["hours"][1],
+                                                                        "from": planned["from"],
+                                                                        "to": planned["to"]}, env)
+        assert (result["records"], result["objects"]) == (40, 1)
+        shard = kinesis.describe_stream(StreamName="events")["StreamDescription"]["Shards"][0]["ShardId"]
+        it = kinesis.get_shard_iterator(StreamName="events", ShardId=shard, ShardIteratorType="TRIM_HORIZON")
+        got = kinesis.get_records(ShardIterator=it["ShardIterator"])["Records"]
+        assert [(r["Data"], r["PartitionKey"]) for r in got] == [(mark_replayed(r.data), r.partition_key)
+                                                             for r in records]
+    finally:
+        server.stop()
+
+
+def _replay_machine_definition() -> str:
+    from clickstream import workflows
+
+    asl = workflows.render_replay("arn:aws:lambda:us-east-1:123456789012:function:plan",
+                                  "arn:aws:lambda:us-east-1:123456789012:function:replay", 10,
+                                  0.0,  # moto's ASL grammar takes only a decimal here; AWS takes 0 too
+                                  "archive")
+    # the stack substitutes ${Partition} with AWS::Partition (aws, aws-cn, aws-us-gov)
+    return json.dumps(asl).replace("${Partition}", "aws")
+
+
+def test_replay_asl_uses_the_partition_everywhere():
+    from clickstream import workflows
+
+    text = json.dumps(workflows.render_replay("arn:plan", "arn:replay", 10, 0, "archive"))
+    assert "arn:aws:" not in text
+    assert text.count("arn:${Partition}:states:::") == 3
+
+
+def test_replay_state_machine_runs_in_moto_retries_timeouts_and_writes_results_to_s3(monkeypatch):
+    """The deployed ASL, executed by moto's Step Functions engine with the Lambda handlers in-process:
+    a timed-out hour is retried (Sandbox.Timedout), every record is put once per successful attempt,
+    and the children's summaries go to S3 so the execution's output stays small however long the range."""
+    import time as time_
+
+    from moto.awslambda.models import LambdaBackend
+
+    for name, value in {"POWERTOOLS_TRACE_DISABLED": "1", "POWERTOOLS_METRICS_NAMESPACE": "Clickstream",
+                        "ARCHIVE_BUCKET": "archive", "STREAM_NAME": "events", "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(name, value)
+    handler = _handler_module()
+    calls: list[str] = []
+    context = SimpleNamespace(function_name="fn", memory_limit_in_mb=1769, aws_request_id="req-1",
+                              invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:fn")
+
+    def invoke(self, function_name, qualifier, body, headers, response_headers):
+        event = json.loads(body)
+        if function_name.endswith(":plan"):
+            return json.dumps(handler.plan(event, context)).encode()
+        calls.append(event["prefix"])
+        if calls.count(event["prefix"]) == 1 and event["prefix"].endswith("/11/"):
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps({"errorType": "Sandbox.Timedout",
+                               "errorMessage": "Task timed out after 900.00 seconds"}).encode()
+        s3, kinesis = boto3.client("s3"), boto3.client("kinesis")
+        return json.dumps(handler.replay_hour_logic(event, s3, kinesis)).encode()
+
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        monkeypatch.setattr(LambdaBackend, "invoke", invoke)
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="archive")
+        kinesis = boto3.client("kinesis", region_name="us-east-1")
+        kinesis.create_stream(StreamName="events", ShardCount=1)
+        sent = []
+        for h in range(3):
+            at = T0 + dt.timedelta(hours=h, minutes=2)
+            records = envelopes(30, at, tag=f"sfn{h}")
+            sent += records
+            key = archive.object_key(archive.ARCHIVE_PREFIX, "firehose", at)
+            s3.put_object(Bucket="archive", Key=key, Body=gzip.compress(b"".join(r.data for r in records)))
+        sfn = boto3.client("stepfunctions", region_name="us-east-1")
+        machine = sfn.create_state_machine(name="replay", definition=_replay_machine_definition(),
+                                           roleArn="arn:aws:iam::123456789012:role/sfn")["stateMachineArn"]
+        execution = sfn.start_execution(stateMachineArn=machine, input=json.dumps(
+            {"from": "2026-11-28T10:00:00Z", "to": "2026-11-28T12:59:59Z"}))["executionArn"]
+        deadline = time_.monotonic() + 90
+        while (described := sfn.describe_execution(executionArn=execution))["status"] == "RUNNING":
+            assert time_.monotonic() < deadline, "replay execution did not finish"
+            time_.sleep(0.2)
+        assert described["status"] == "SUCCEEDED", described
+        output = json.loads(described["output"])
+        # the summaries are in S3, the state carries only where they are
+        details = output["results"]
+        assert details["Bucket"] == "archive" and details["Key"].startswith(replay.RESULT_PREFIX + "/")
+        assert len(described["output"]) < 500
+        written = s3.list_objects_v2(Bucket="archive", Prefix=replay.RESULT_PREFIX + "/")["Contents"]
+        assert written
+        assert sorted(calls) == sorted(["events/2026/11/28/09/", "events/2026/11/28/10/", "events/2026/11/28/11/",
+                                        "events/2026/11/28/11/", "events/2026/11/28/12/"])
+        shard = kinesis.describe_stream(StreamName="events")["StreamDescription"]["Shards"][0]["ShardId"]
+        it = kinesis.get_shard_iterator(StreamName="events", ShardId=shard, ShardIteratorType="TRIM_HORIZON")
+        got = kinesis.get_records(ShardIterator=it["ShardIterator"], Limit=10000)["Records"]
+        assert sorted(r["Data"] for r in got) == sorted(mark_replayed(r.data) for r in sent)
+
+
+def test_chunks_respect_the_put_byte_limit_with_large_records():
+    """Records of 600 KB: 8 fit in 5 MiB, the 9th starts a new call (a 100x byte limit would not split)."""
+    from clickstream import contract
+
+    big = [Record(f"req-1:{i}", b"x" * (600 * 1024 - 10) + b"\n") for i in range(20)]
+    calls = list(replay.chunks(iter(big)))
+    assert [len(c) for c in calls] == [8, 8, 4]
+    for call in calls:
+        assert sum(contract.record_bytes(r.partition_key, r.data) for r in call) <= contract.KINESIS_MAX_BYTES_PER_PUT
+    assert [r for c in calls for r in c] == big
+    # exactly at the limit still fits one call; one byte more does not
+    size = contract.KINESIS_MAX_BYTES_PER_PUT // 5
+    exact = [Record("k", b"y" * (size - 1)) for _ in range(5)]
+    assert [len(c) for c in replay.chunks(iter(exact))] == [5]
+    over = [Record("k", b"y" * (size - 1)) for _ in range(4)] + [Record("k", b"y" * size)]
+    assert [len(c) for c in replay.chunks(iter(over))] == [4, 1]
+
+
+def test_replaying_events_without_message_ids_changes_nothing(tmp_path):
+    """The warehouse derives a missing messageId from the envelope's requestId and index, which replay
+    keeps: replayed copies of id-less events are recognised as the same events."""
+    data = tmp_path / "source"
+    stream = LocalStream(data)
+    at = T0 + dt.timedelta(minutes=5)
+    body = {"writeKey": "test-write-key", "batch": [
+        {"type": "track", "event": f"no id {i}", "userId": f"u{i}", "timestamp": at.isoformat()} for i in range(25)]}
+    records = build_records(RequestInfo("batch", "req-noid", int(at.timestamp() * 1000), "203.0.113.1"),
+                            json.dumps(body).encode(), KEYS)
+    assert all("messageId" not in json.loads(r.data)["message"] for r in records)
+    stream.put(records)
+    path = data / archive.ARCHIVE_DIR / archive.object_key(archive.ARCHIVE_PREFIX, "clickstream-archive", at)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(b"".join(r.data for r in records)))
+    wh = Warehouse.in_dir(data)
+    wh.load_from(stream)
+    before = snapshot(wh)
+    assert len(before["events"]) == 25
+    assert sorted(row[0] for row in before["events"]) == sorted(f"req-noid-{i}" for i in range(25))
+    stats = replay.replay(archive.open_archive(data), replay.LocalTarget(data), T0, T0 + dt.timedelta(hours=1))
+    assert stats.records == 25 and stream.count() == 50
+    wh.load_from(stream)
+    assert snapshot(wh) == before
+    wh.close()
+
+
+def test_replaying_a_range_that_includes_now_does_not_grow_the_archive(tmp_path):
+    """Replayed copies are marked; the archiver does not archive them again and replay skips them,
+    so replaying the same range twice replays the same records and the archive stays as it was."""
+    data = archived_dir(tmp_path)
+    root = data / archive.ARCHIVE_DIR
+    before = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.gz"))
+    stream = LocalStream(data)
+    archiver = archive.Archiver(data)
+    stream.set_checkpoint(archive.ARCHIVER_CONSUMER, stream.last_seq())  # the originals are archived
+    originals = before
+    now = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)  # the range includes the archiver's "now"
+    for attempt in range(2):
+        stats = replay.replay(archive.open_archive(data), replay.LocalTarget(data), T0, now)
+        # 360 envelopes and the malformed record, plus that record's copy archived by the first round
+        assert stats.records == 361 + attempt and stats.skipped_replayed == 0
+        archiver.run_once(stream, force=True)
+        written = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.gz"))
+        new = [k for k in written if k not in originals]
+        assert [len(list(archive.iter_records(archive.open_archive(data), k))) for k in new] == [1 + attempt]
+        originals = written
+    # 360 envelopes per replay are marked and skipped; the one malformed record keeps its bytes
+    # (the warehouse dedups rejected rows by them) and is archived again
+    assert archiver.stats.replayed_skipped == 2 * 360
+    copies = [r for r in stream.iter_from(0) if is_replayed(r.data)]
+    assert len(copies) == 2 * 360
+    assert all(json.loads(r.data)["replayed"] is True for r in copies)
+    stream.close()
+
+
+def test_replay_skips_replayed_copies_it_finds_in_an_archive(tmp_path):
+    """In AWS, Firehose archives the replayed copies (marked): a later replay must not put them again."""
+    data = tmp_path / "aws-like"
+    at = T0 + dt.timedelta(minutes=20)
+    originals = envelopes(30, at, tag="orig")
+    copies = [mark_replayed(r.data) for r in originals]
+    path = data / archive.ARCHIVE_DIR / archive.object_key(archive.ARCHIVE_PREFIX, "firehose", at)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(gzip.compress(b"".join(r.data for r in originals) + b"".join(copies)))
+    target = tmp_path / "target"
+    stats = replay.replay(archive.open_archive(data), replay.LocalTarget(target), T0, T0 + dt.timedelta(hours=1))
+    assert (stats.records, stats.skipped_replayed) == (30, 30)
+    assert [r.data for r in LocalStream(target).iter_from(0)] == copies
+    assert mark_replayed(copies[0]) == copies[0]  # marking is idempotent
+    assert json.loads(copies[0])["message"] == json.loads(originals[0].data)["message"]

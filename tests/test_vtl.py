@@ -87,8 +87,8 @@ def requests(draw):
 
 
 def render_vtl(route: str, raw: str, headers: dict, request_id: str, epoch: int, ip: str):
-    req = apigw.GatewayRequest(resource_path=f"/v1/{route}", body=raw, headers=headers, request_id=request_id,
-                               request_time_epoch=epoch, source_ip=ip)
+    req = apigw.GatewayRequest.tracking(route, raw, headers=headers, request_id=request_id,
+                                        request_time_epoch=epoch, source_ip=ip)
     out, _ = apigw.render(REQUEST_TEMPLATE, raw, req)
     return json.loads(out), req  # must always be valid JSON
 
@@ -213,3 +213,172 @@ def test_template_refuses_values_that_would_break_it():
         templates.request_template(STREAM, {'bad"key$': "web"})
     with pytest.raises(ValueError):
         templates.request_template('stream"name', KEYS)
+
+
+# ---------------------------------------------------------------------------------------------
+# One size rule: bodies generated at every limit, with non-ASCII text, give the same answer
+# ---------------------------------------------------------------------------------------------
+KEY = "test-write-key"
+# 1, 2, 3 and 4 UTF-8 bytes (1, 1, 1 and 2 UTF-16 units), and characters JSON escapes.
+WIDE = ["a", "é", "中", "😀", "\u2028"]
+
+
+def utf8_len(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+@st.composite
+def padding(draw, nbytes: int) -> str:
+    """A string of exactly ``nbytes`` UTF-8 bytes, mostly one of WIDE, topped up with ASCII."""
+    char = draw(st.sampled_from(WIDE))
+    count = draw(st.integers(0, nbytes // utf8_len(char)))
+    return char * count + "x" * (nbytes - count * utf8_len(char))
+
+
+def message_bytes(message: dict) -> int:
+    return len(json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def _sizes_of(route: str, body: dict, request_id: str) -> list[int]:
+    """Record sizes of an accepted request, with the record limits lifted (to aim at them)."""
+    from unittest import mock
+
+    with mock.patch.object(contract, "KINESIS_MAX_BYTES_PER_PUT", 10**12), \
+         mock.patch.object(contract, "KINESIS_MAX_RECORD_BYTES", 10**12):
+        records = build_records(RequestInfo(route, request_id, 1, "10.0.0.1", "Mozilla/5.0 (X11) é"),
+                                json.dumps(body, ensure_ascii=False).encode(), KEYS)
+    return [contract.record_bytes(r.partition_key, r.data) for r in records]
+
+
+@st.composite
+def near_limits(draw):
+    """(route, body, limit name, how far past the limit it is: <= 0 fits, > 0 does not)."""
+    limit = draw(st.sampled_from(["message", "request", "items", "records"]))
+    delta = draw(st.integers(-2, 2))
+    request_id = "0c3e5a4e-1b2c-4d5e-8f90-a1b2c3d4e5f6"
+    if limit == "message":
+        route = draw(st.sampled_from(["track", "t", "batch"]))
+        message = {"type": "track", "event": "", "properties": {"note": "ü✓"}}
+        if route != "batch":  # the body is the message: its write key counts
+            message["writeKey"] = KEY
+        pad = contract.MAX_MESSAGE_BYTES + delta - message_bytes(message)
+        message["event"] = draw(padding(pad))
+        assert message_bytes(message) == contract.MAX_MESSAGE_BYTES + delta
+        body = {"batch": [{"event": "small é"}, message]} if route == "batch" else message
+    elif limit == "request":
+        route = "batch"
+        count = contract.MAX_REQUEST_BYTES // (contract.MAX_MESSAGE_BYTES - 100) + 1
+        messages = [{"event": draw(padding(contract.MAX_MESSAGE_BYTES - 200))} for _ in range(count)]
+        body = {"batch": messages, "context": {"locale": "de-DE"}}
+        over = utf8_len(json.dumps({**body, "writeKey": KEY}, ensure_ascii=False)) - contract.MAX_REQUEST_BYTES
+        # the last message, rewritten in ASCII, lands the body exactly on the limit + delta
+        messages[-1]["event"] = "x" * (utf8_len(messages[-1]["event"]) - over + delta)
+    elif limit == "items":
+        route = draw(st.sampled_from(contract.BATCH_ROUTES))
+        text_ = draw(st.sampled_from(WIDE))
+        body = {"batch": [{"type": "track", "event": text_ * 3, "messageId": f"m{i}"}
+                          for i in range(contract.MAX_BATCH_ITEMS + min(delta, 1))]}
+        delta = min(delta, 1)
+    else:
+        route = "batch"
+        count = draw(st.integers(12, contract.MAX_BATCH_ITEMS))
+        body = {"batch": [{"event": "é"} for _ in range(count)], "context": {"page": {"title": ""}}}
+        base = sum(_sizes_of(route, {**body, "writeKey": KEY}, request_id))
+        needed = contract.KINESIS_MAX_BYTES_PER_PUT + delta - base
+        # each context byte is copied into every record; the last message takes the remainder
+        body["context"]["page"]["title"] = draw(padding(needed // count))
+        body["batch"][-1]["event"] = "é" + "x" * (needed % count)
+        total = sum(_sizes_of(route, {**body, "writeKey": KEY}, request_id))
+        assert total == contract.KINESIS_MAX_BYTES_PER_PUT + delta
+    body = {**body, "writeKey": KEY} if isinstance(body, dict) else body
+    return route, body, limit, delta, request_id
+
+
+EXPECTED_CODE = {"message": "message_too_large", "request": "request_too_large", "items": "batch_too_large",
+                 "records": "records_too_large"}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(near_limits())
+def test_vtl_and_local_agree_at_every_limit_with_non_ascii_text(case):
+    route, body, limit, delta, request_id = case
+    raw = json.dumps(body, ensure_ascii=False)
+    if limit == "request":
+        assert utf8_len(raw) == contract.MAX_REQUEST_BYTES + delta
+    headers = {"Content-Type": "application/json", "User-Agent": "Mozilla/5.0 (X11) é"}
+    put, _ = render_vtl(route, raw, headers, request_id, 1, "10.0.0.1")
+    info = RequestInfo(route, request_id, 1, "10.0.0.1", headers["User-Agent"])
+    try:
+        local, code = build_records(info, raw.encode(), KEYS), None
+    except IngestError as exc:
+        local, code = None, exc.code
+    assert rejection_of(put) == code
+    assert code == (EXPECTED_CODE[limit] if delta > 0 else None)
+    if local is not None:  # byte for byte the same records (no floats here)
+        assert [(k, json.dumps(v)) for k, v in decode(put)] == [(r.partition_key, json.dumps(json.loads(r.data)))
+                                                                for r in local]
+        assert [base64.b64decode(r["Data"]) for r in put["Records"]] == [r.data for r in local]
+
+
+def test_utf8_bytes_not_utf16_units_decide_the_message_limit():
+    """20,000 x "é" is 20,000 UTF-16 units but 40,000 UTF-8 bytes: both paths refuse it."""
+    raw = json.dumps({"event": "é" * 20_000, "writeKey": KEY}, ensure_ascii=False)
+    put, _ = render_vtl("track", raw, {}, "r-1", 1, "10.0.0.1")
+    assert rejection_of(put) == "message_too_large"
+    with pytest.raises(IngestError) as info:
+        build_records(RequestInfo("track", "r-1", 1, "10.0.0.1"), raw.encode(), KEYS)
+    assert info.value.code == "message_too_large" and info.value.status == 400
+
+
+@pytest.mark.parametrize("delta", [0, 1])
+def test_one_record_over_the_record_limit_is_refused_by_both(monkeypatch, delta):
+    """With a record limit low enough to reach through one request (the default 1 MiB cannot be
+    reached below the 512 KiB body limit), one record one byte over it refuses the whole request."""
+    monkeypatch.setattr(contract, "KINESIS_MAX_RECORD_BYTES", 20_000)
+    template = templates.request_template(STREAM, KEYS)
+    body = {"batch": [{"event": "a"}, {"event": ""}], "writeKey": KEY}
+    sizes = _sizes_of("batch", body, "r-1")
+    body["batch"][1]["event"] = "中" * ((20_000 - sizes[1]) // 3) + "x" * ((20_000 - sizes[1]) % 3 + delta)
+    raw = json.dumps(body, ensure_ascii=False)
+    req = apigw.GatewayRequest.tracking("batch", raw, headers={"User-Agent": "Mozilla/5.0 (X11) é"},
+                                        request_id="r-1", request_time_epoch=1, source_ip="10.0.0.1")
+    put = json.loads(apigw.render(template, raw, req)[0])
+    info = RequestInfo("batch", "r-1", 1, "10.0.0.1", "Mozilla/5.0 (X11) é")
+    if delta:
+        assert rejection_of(put) == "records_too_large"
+        with pytest.raises(IngestError, match="record 1 would be 20001 bytes"):
+            build_records(info, raw.encode(), KEYS)
+    else:
+        assert rejection_of(put) is None
+        assert [contract.record_bytes(r.partition_key, r.data) for r in build_records(info, raw.encode(), KEYS)
+                ][1] == 20_000
+
+
+def test_a_huge_user_agent_is_cut_to_the_same_prefix_by_both():
+    ua = "Mozilla/5.0 " + "é😀\"\\'/" * 50_000
+    raw = json.dumps({"batch": [{"event": "e"}] * 500, "writeKey": KEY})
+    put, _ = render_vtl("batch", raw, {"User-Agent": ua}, "r-1", 1, "10.0.0.1")
+    local = build_records(RequestInfo("batch", "r-1", 1, "10.0.0.1", ua), raw.encode(), KEYS)
+    vtl = decode(put)
+    expected = ua.encode("utf-16-le", "surrogatepass")[: 2 * contract.MAX_USER_AGENT_CHARS].decode(
+        "utf-16-le", "surrogatepass")
+    assert json.loads(local[0].data)["userAgent"] == vtl[0][1]["userAgent"] == expected
+    assert [base64.b64decode(r["Data"]) for r in put["Records"]] == [r.data for r in local]
+    # 500 records carry at most 500 x the bound, not 500 x 300 KB
+    assert sum(len(r.data) for r in local) < 500 * (6 * contract.MAX_USER_AGENT_CHARS + 300)
+
+
+def test_a_request_over_the_put_limit_gets_413_and_writes_nothing(live_collector):
+    import httpx
+
+    body = {"batch": [{"type": "track", "event": "e", "userId": "u"}] * 500,
+            "context": {"page": {"title": "中" * 4000}}}
+    auth = "Basic " + base64.b64encode(b"test-write-key:").decode()
+    r = httpx.post(f"{live_collector.url}/v1/batch", json=body, headers={"Authorization": auth}, timeout=30)
+    assert r.status_code == 413
+    assert r.json()["code"] == "records_too_large"
+    assert "per request" in r.json()["message"]
+    assert live_collector.records() == []
+    # the same request through the template is refused the same way
+    put, _ = render_vtl("batch", json.dumps(body), {"Authorization": auth}, "r-1", 1, "10.0.0.1")
+    assert rejection_of(put) == "records_too_large"

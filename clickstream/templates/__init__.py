@@ -40,12 +40,15 @@ def settings(stream_name: str | None = None, write_keys: Mapping[str, str] | Non
     """The values every template sees, by VTL variable name."""
     values: dict[str, object] = {
         "envelopeVersion": contract.ENVELOPE_VERSION,
-        "routeOffset": len(contract.API_PREFIX) + 1,
+        "routeParam": contract.ROUTE_PARAM,
         "routeTypes": contract.SINGLE_ROUTES,
         "batchRoutes": list(contract.BATCH_ROUTES),
-        "maxRequestChars": contract.MAX_REQUEST_BYTES,
-        "maxMessageChars": contract.MAX_MESSAGE_BYTES,
+        "maxRequestBytes": contract.MAX_REQUEST_BYTES,
+        "maxMessageBytes": contract.MAX_MESSAGE_BYTES,
         "maxBatchItems": contract.MAX_BATCH_ITEMS,
+        "maxRecordBytes": contract.KINESIS_MAX_RECORD_BYTES,
+        "maxPutBytes": contract.KINESIS_MAX_BYTES_PER_PUT,
+        "maxUserAgentChars": contract.MAX_USER_AGENT_CHARS,
         "rejectPrefix": contract.REJECT_STREAM_PREFIX,
         "rejections": list(contract.TEMPLATE_REJECTIONS),
         "throttlingErrors": list(contract.KINESIS_THROTTLING_ERRORS),
@@ -68,7 +71,10 @@ def source(name: str) -> str:
 
 
 def request_template(stream_name: str, write_keys: Mapping[str, str]) -> str:
-    """The request template for every POST tracking route (both media types)."""
+    """The request template of the one POST method on ``contract.TRACKING_RESOURCE`` (both media types).
+
+    The write keys appear once per media type in the whole stack, however many routes there are.
+    """
     contract.parse_write_keys(write_keys)  # refuse keys the contract does not allow
     return preamble(settings(stream_name, write_keys)) + source(REQUEST)
 
@@ -84,7 +90,8 @@ def error_response_json(code: str) -> str:
 
 def settings_request_template(write_keys: Mapping[str, str]) -> str:
     contract.parse_write_keys(write_keys)
-    return preamble({"writeKeys": dict(write_keys)}) + source(SETTINGS_REQUEST)
+    values = {"settingsParam": contract.SETTINGS_PARAM, "writeKeys": dict(write_keys)}
+    return preamble(values) + source(SETTINGS_REQUEST)
 
 
 def settings_response_template() -> str:
@@ -95,5 +102,5 @@ def settings_response_template() -> str:
     body = json.dumps(contract.settings_body("@KEY@", "@HOST@"), separators=(",", ":"))
     host = f"$context.domainName/$context.stage{contract.API_PREFIX}"
     body = body.replace("@KEY@", "$key").replace("@HOST@", host)
-    return ('#set($key = $util.escapeJavaScript($input.params(\'writeKey\')).replaceAll("\\\\\'", "\'"))\n'
-            + body + "\n")
+    return (f'#set($key = $util.escapeJavaScript($input.params(\'{contract.SETTINGS_PARAM}\'))'
+            '.replaceAll("\\\\\'", "\'"))\n' + body + "\n")

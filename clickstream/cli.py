@@ -101,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         "sign-up -> identify -> alias, purchase funnels, groups and mobile screens, sent with "
         "segment-analytics-python (batched, gzip). Prints a summary at the end.",
     )
-    simulate.add_argument("--host", default=os.environ.get("CLICKSTREAM_HOST", "http://127.0.0.1:8080"),
-                          help="the tracking API (env CLICKSTREAM_HOST; default http://127.0.0.1:8080)")
+    simulate.add_argument("--host", help="the tracking API (env CLICKSTREAM_HOST; default: the `clickstream local` "
+                          "running on --data-dir, as started by `make run`, else http://127.0.0.1:8080)")
+    _data_dir_option(simulate)
     simulate.add_argument("--write-key", "--writeKey", dest="write_key",
                           default=os.environ.get("CLICKSTREAM_WRITE_KEY", contract.DEV_WRITE_KEY),
                           help=f"write key (env CLICKSTREAM_WRITE_KEY; default {contract.DEV_WRITE_KEY})")
@@ -188,14 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from clickstream.simulate import run_simulation
+    from clickstream.simulate import EndpointError, check_endpoint, default_host, run_simulation
 
+    host = args.host or default_host(args.data_dir)
+    try:
+        check_endpoint(host, args.write_key)
+    except EndpointError as exc:
+        print(f"clickstream simulate: {exc}", file=sys.stderr)
+        return 1
     events = args.events if args.events is not None or args.duration is not None else 1000
-    summary = run_simulation(args.host, args.write_key, users=args.users, events=events, duration=args.duration,
+    summary = run_simulation(host, args.write_key, users=args.users, events=events, duration=args.duration,
                              rate=args.rate, seed=args.seed, progress=sys.stderr.isatty())
     kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(summary.by_type.items()))
-    print(f"sent {summary.events:,} events in {summary.seconds:.1f} s ({summary.events / summary.seconds:,.0f}/s): "
-          f"{kinds}; {summary.errors} failed")
+    print(f"sent {summary.accepted:,} of {summary.events:,} events to {host} in {summary.seconds:.1f} s "
+          f"({summary.accepted / summary.seconds:,.0f}/s): {kinds}; {summary.errors:,} failed"
+          + (f" ({summary.first_error})" if summary.first_error else ""))
     return 1 if summary.errors else 0
 
 
@@ -248,6 +256,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         return 2
     if end < start:
         print("clickstream replay: --to is before --from", file=sys.stderr)
+        return 2
+    # The data dir is read (default source) or written (local target): it must hold a pipeline.
+    local_target = not args.target_stream and not args.dry_run
+    if (local_target or not args.source) and not _require_pipeline(args.data_dir, "replay"):
         return 2
     source = args.source or str(args.data_dir)
     archive = open_archive(source, args.region)
@@ -314,6 +326,45 @@ def _write_keys(specs: Sequence[str] | None) -> dict[str, str]:
     return {contract.DEV_WRITE_KEY: contract.DEV_SOURCE}
 
 
+def _port_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (None if it can), checked before anything is printed.
+
+    The socket options are uvicorn's (SO_REUSEADDR), so a port left in TIME_WAIT counts as free and
+    only a live listener counts as busy.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot resolve --host {host}: {exc.strerror}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            import errno
+
+            if exc.errno == errno.EADDRINUSE:
+                return (f"port {port} on {host} is already in use (another `clickstream local`?): stop it, or "
+                        f"choose another port with --port N (make run PORT=N)")
+            return f"cannot listen on {host}:{port}: {exc.strerror}"
+    return None
+
+
+def _require_pipeline(data_dir: Path, command: str) -> bool:
+    """Refuse a data dir that holds no local stream: a typo in --data-dir would otherwise create an
+    empty one there and print nothing."""
+    from clickstream.stream import STREAM_FILE
+
+    if (data_dir / STREAM_FILE).is_file():
+        return True
+    print(f"clickstream {command}: no local pipeline in {data_dir} (no {STREAM_FILE}): check --data-dir "
+          f"(env {DATA_DIR_ENV}), or create one with `clickstream local --data-dir {data_dir}`", file=sys.stderr)
+    return False
+
+
 def _cmd_local(args: argparse.Namespace) -> int:
     from clickstream.local import run_local
     from clickstream.stream import Limits
@@ -323,6 +374,10 @@ def _cmd_local(args: argparse.Namespace) -> int:
     except contract.WriteKeyError as exc:
         print(f"clickstream local: {exc}", file=sys.stderr)
         return 2
+    problem = _port_problem(args.host, args.port)
+    if problem:
+        print(f"clickstream local: {problem}", file=sys.stderr)
+        return 1
     return run_local(
         host=args.host, port=args.port, data_dir=args.data_dir, write_keys=keys, origins=args.origins or ["*"],
         archive_buffer_bytes=int(args.archive_buffer_mb * 1024 * 1024),
@@ -348,6 +403,8 @@ def _cmd_records(args: argparse.Namespace) -> int:
 
     from clickstream.stream import LocalStream
 
+    if not _require_pipeline(args.data_dir, "records"):
+        return 2
     stream = LocalStream(args.data_dir)
     out = sys.stdout
     for n, record in enumerate(stream.iter_from(args.after)):

@@ -9,6 +9,8 @@ With ``--seed`` the same run produces the same events, message ids included.
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import os
 import random
 import threading
 import time
@@ -16,6 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 PAGES = [("/", "Home"), ("/pricing", "Pricing"), ("/docs", "Docs"), ("/docs/install", "Install"),
@@ -52,10 +55,16 @@ class Summary:
     by_type: Counter = field(default_factory=Counter)
     errors: int = 0
     seconds: float = 0.0
+    first_error: str | None = None
 
     @property
     def events(self) -> int:
+        """Events generated (sent or failed)."""
         return sum(self.by_type.values())
+
+    @property
+    def accepted(self) -> int:
+        return max(self.events - self.errors, 0)
 
 
 class Simulator:
@@ -165,6 +174,58 @@ class Simulator:
         return self.summary
 
 
+DEFAULT_HOST = "http://127.0.0.1:8080"
+HOST_ENV = "CLICKSTREAM_HOST"
+# How long the SDK keeps retrying a failing batch. Its default (12 h, ~4 min for 10 retries) suits
+# a production service that must not lose events; a simulator whose server went away should stop.
+GIVE_UP_SECONDS = 20
+
+
+class EndpointError(Exception):
+    """The tracking API cannot take events: the message says what to do."""
+
+
+def default_host(data_dir: Path) -> str:
+    """The host ``simulate`` sends to without ``--host``: ``$CLICKSTREAM_HOST``, else the address of
+    the ``clickstream local`` running on ``data_dir`` (so ``make run PORT=9000`` needs no flag), else
+    the default port."""
+    if os.environ.get(HOST_ENV):
+        return os.environ[HOST_ENV]
+    from clickstream.collector import ADMIN_QUERY_PATH
+    from clickstream.query import _running  # local.json of a live `clickstream local`, or None
+
+    state = _running(data_dir)
+    if state and str(state.get("admin_url", "")).endswith(ADMIN_QUERY_PATH):
+        return state["admin_url"].removesuffix(ADMIN_QUERY_PATH)
+    return DEFAULT_HOST
+
+
+def check_endpoint(host: str, write_key: str, timeout: float = 5.0) -> None:
+    """Ask the API for the write key's settings (the route analytics.js loads first) before sending.
+
+    Without it an unreachable host costs the SDK's whole retry schedule before anything is said.
+    A 401/403 means the key is refused; any other answer means something is listening.
+    """
+    import urllib.error
+    import urllib.request
+
+    from clickstream import contract
+
+    url = host.rstrip("/") + contract.SETTINGS_PATH.replace("{writeKey}", urllib.request.quote(write_key, safe=""))
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise EndpointError(f"{host} refuses the write key {write_key!r} (HTTP {exc.code}): pass one it accepts "
+                                "with --write-key (env CLICKSTREAM_WRITE_KEY)") from exc
+        return  # something that speaks HTTP answers; the SDK reports what it says about events
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise EndpointError(f"nothing answers at {host} ({reason}): start the pipeline first (`make run`, or "
+                            "`clickstream local --port N`) or pass --host URL (env CLICKSTREAM_HOST)") from exc
+
+
 def run_simulation(host: str, write_key: str, *, users: int, events: int | None, duration: float | None,
                    rate: float | None, seed: int | None, progress: bool = True) -> Summary:
     from segment.analytics import Client
@@ -176,9 +237,11 @@ def run_simulation(host: str, write_key: str, *, users: int, events: int | None,
         with lock:
             errors.append((error, len(batch)))
 
+    # Failures are counted and summarised by the caller; the SDK's own log would print a traceback.
+    logging.getLogger("segment").setLevel(logging.CRITICAL)
     began = time.monotonic()
     client = Client(write_key, host=host.rstrip("/"), on_error=on_error, upload_size=100, max_queue_size=100_000,
-                    gzip=True)
+                    gzip=True, max_total_backoff_duration=GIVE_UP_SECONDS)
     sim = Simulator(client, users=users, seed=seed)
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -191,5 +254,6 @@ def run_simulation(host: str, write_key: str, *, users: int, events: int | None,
     client.flush()  # the summary counts only what the API acknowledged or refused
     client.join()
     summary.errors = sum(n for _, n in errors)
+    summary.first_error = str(errors[0][0]) if errors else None
     summary.seconds = max(time.monotonic() - began, 1e-9)
     return summary

@@ -137,3 +137,48 @@ def test_sigterm_to_the_whole_process_group_still_flushes(tmp_path):
     assert archived, "the archive buffer was not flushed"
     out = query(tmp_path, "SELECT id FROM clickstream.tracks", fmt="csv")
     assert out.returncode == 0 and out.stdout.splitlines() == ["id", "g-1"]
+
+
+def test_a_busy_port_fails_with_one_clear_line_and_no_banner(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        began = time.monotonic()
+        out = subprocess.run([*CLI, "local", "--port", str(port), "--data-dir", str(tmp_path / "d")],
+                             capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert out.stdout == ""
+    assert out.stderr.splitlines() == [
+        f"clickstream local: port {port} on 127.0.0.1 is already in use (another `clickstream local`?): stop it, "
+        "or choose another port with --port N (make run PORT=N)"]
+    assert not (tmp_path / "d").exists(), "nothing is created before the port is known to be free"
+    assert time.monotonic() - began < 20
+
+
+@pytest.mark.parametrize("command", [["records"], ["replay", "--from", "2026-01-01", "--to", "2026-01-02"],
+                                     ["replay", "--from", "2026-01-01", "--to", "2026-01-02", "--dry-run"]])
+def test_records_and_replay_refuse_a_data_dir_without_a_pipeline(tmp_path, capsys, command):
+    typo = tmp_path / ".clickstrem"
+    assert main([command[0], "--data-dir", str(typo), *command[1:]]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        f"clickstream {command[0]}: no local pipeline in {typo} (no stream.sqlite3): check --data-dir "
+        f"(env CLICKSTREAM_DATA_DIR), or create one with `clickstream local --data-dir {typo}`"]
+    assert not typo.exists(), "no empty stream is created"
+
+
+def test_records_and_replay_still_read_a_real_data_dir(tmp_path, capsys):
+    from clickstream.contract import Record
+    from clickstream.stream import LocalStream
+
+    stream = LocalStream(tmp_path)
+    stream.put([Record("k", b'{"a":1}\n')])
+    stream.close()
+    assert main(["records", "--data-dir", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["data"] == {"a": 1}
+    assert main(["replay", "--data-dir", str(tmp_path), "--from", "2026-01-01", "--to", "2026-01-02",
+                 "--dry-run"]) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import sys
 from collections.abc import Sequence
@@ -94,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     records.add_argument("--after", type=int, default=0, help="start after this sequence number")
     records.add_argument("--limit", type=int, default=None, help="print at most N records")
     records.set_defaults(func=_cmd_records)
+
+    archive = sub.add_parser(
+        "archive",
+        help="show what the local archiver has written, and flush its buffer on demand",
+        description="Like Firehose, the local archiver writes an object every --archive-buffer-seconds (300) or "
+        "--archive-buffer-mb (5): events sent a minute ago are not archived (nor replayable) yet. "
+        "--flush writes everything waiting now, through the running `clickstream local` or directly.",
+    )
+    _data_dir_option(archive)
+    archive.add_argument("--flush", action="store_true", help="archive every record waiting in the buffer now")
+    archive.add_argument("--timeout", type=float, default=30.0,
+                         help="seconds to wait for the running pipeline's archiver (default 30)")
+    archive.set_defaults(func=_cmd_archive)
     simulate = sub.add_parser(
         "simulate",
         help="send realistic traffic with the official Segment Python SDK",
@@ -125,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         "command again to resume. Replaying what is already loaded changes no warehouse row.",
     )
     _data_dir_option(replay)
-    replay.add_argument("--from", dest="start", required=True, help="start time, ISO 8601 (UTC if no offset)")
-    replay.add_argument("--to", dest="end", required=True, help="end time, ISO 8601 (inclusive)")
+    replay.add_argument("--from", dest="start", required=True,
+                        help="start time, ISO 8601 (UTC if no offset), or relative: now, now-2h, now-30m, now-1d")
+    replay.add_argument("--to", dest="end", required=True, help="end time (inclusive), same forms as --from")
     replay.add_argument("--source", help="archive: a local data/archive dir or s3://bucket/prefix "
                         "(default: the archive in --data-dir)")
     replay.add_argument("--target-stream", metavar="NAME",
@@ -250,16 +265,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from clickstream.archive import open_archive
 
     try:
-        start, end = rp.parse_time(args.start), rp.parse_time(args.end)
+        start, end = _parse_when(args.start), _parse_when(args.end)
     except ValueError as exc:
         print(f"clickstream replay: bad time: {exc}", file=sys.stderr)
         return 2
     if end < start:
         print("clickstream replay: --to is before --from", file=sys.stderr)
         return 2
-    # The data dir is read (default source) or written (local target): it must hold a pipeline.
-    local_target = not args.target_stream and not args.dry_run
-    if (local_target or not args.source) and not _require_pipeline(args.data_dir, "replay"):
+    # Without --source the data dir is the archive read: it must hold a pipeline (a mistyped one would
+    # replay nothing into a new, empty stream). With --source, a new data dir is a backfill target.
+    if not args.source and not _require_pipeline(args.data_dir, "replay"):
         return 2
     source = args.source or str(args.data_dir)
     archive = open_archive(source, args.region)
@@ -280,6 +295,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                       progress=sys.stderr.isatty() and not args.json)
     summary = rp.stats_dict(stats)
     summary["dry_run"] = args.dry_run
+    if not stats.objects:
+        print(f"clickstream replay: {_why_nothing(archive, args.data_dir, start, end)}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -287,6 +304,87 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"{verb} {stats.records:,} records ({stats.bytes:,} bytes) from {stats.objects} objects in "
               f"{stats.seconds:.2f} s ({summary['records_per_second']:,.0f} records/s); "
               f"{stats.skipped_out_of_range:,} outside the range, {stats.retries:,} retried")
+    return 0
+
+
+_RELATIVE = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+def _parse_when(text: str, now: dt.datetime | None = None) -> dt.datetime:
+    """``now`` or ``now-<N><m|h|d>`` (relative to the current UTC time), else ISO 8601."""
+    import re
+
+    from clickstream.replay import parse_time
+
+    now = now or dt.datetime.now(dt.UTC)
+    match = re.fullmatch(r"\s*now\s*(?:-\s*(\d+(?:\.\d+)?)\s*([mhd]))?\s*", text, re.IGNORECASE)
+    if match:
+        amount, unit = match.groups()
+        return now - dt.timedelta(**{_RELATIVE[unit.lower()]: float(amount)}) if amount else now
+    return parse_time(text)
+
+
+def _why_nothing(archive, data_dir: Path, start: dt.datetime, end: dt.datetime) -> str:
+    """Why a replay found no object: usually the buffer has not been written yet (every 300 s)."""
+    from clickstream.archive import ARCHIVE_PREFIX, ARCHIVER_CONSUMER, DEFAULT_BUFFER_SECONDS, LocalArchive
+
+    span = f"{start:%Y-%m-%dT%H:%M:%SZ} .. {end:%Y-%m-%dT%H:%M:%SZ}"
+    flushes = (f"the archiver writes an object every {DEFAULT_BUFFER_SECONDS} s or 5 MiB by default "
+               "(Firehose: archiveBufferSeconds)")
+    if not isinstance(archive, LocalArchive):
+        return f"no archive objects in range {span}; {flushes}"
+    newest = max((archive.root / ARCHIVE_PREFIX).glob("*/*/*/*/*.gz"), default=None)
+    parts = [f"no archive objects in range {span}",
+             f"the newest is {newest.relative_to(archive.root).as_posix()}" if newest else "the archive is empty"]
+    from clickstream.stream import STREAM_FILE, LocalStream
+
+    if (data_dir / STREAM_FILE).is_file():
+        stream = LocalStream(data_dir)
+        try:
+            waiting = stream.last_seq() - stream.checkpoint(ARCHIVER_CONSUMER)
+        finally:
+            stream.close()
+        if waiting > 0:
+            parts.append(f"{waiting:,} records wait in the stream, not archived yet: {flushes}; write them now "
+                         f"with `clickstream archive --flush --data-dir {data_dir}`")
+            return "; ".join(parts)
+    parts.append(flushes)
+    return "; ".join(parts)
+
+
+def _cmd_archive(args: argparse.Namespace) -> int:
+    import time
+
+    from clickstream.archive import ARCHIVE_DIR, ARCHIVER_CONSUMER, FLUSH_REQUEST_FILE, Archiver
+    from clickstream.query import _running  # local.json of a live `clickstream local`, or None
+    from clickstream.stream import LocalStream
+
+    if not _require_pipeline(args.data_dir, "archive"):
+        return 2
+    stream = LocalStream(args.data_dir)
+    try:
+        last, done = stream.last_seq(), stream.checkpoint(ARCHIVER_CONSUMER)
+        if args.flush and last > done:
+            if _running(args.data_dir):
+                # The running archiver owns the checkpoint: ask it, and wait until it has passed `last`.
+                (args.data_dir / FLUSH_REQUEST_FILE).touch()
+                deadline = time.monotonic() + args.timeout
+                while stream.checkpoint(ARCHIVER_CONSUMER) < last:
+                    if time.monotonic() > deadline:
+                        print(f"clickstream archive: the running pipeline's archiver did not flush within "
+                              f"{args.timeout:g} s", file=sys.stderr)
+                        return 1
+                    time.sleep(0.1)
+            else:
+                Archiver(args.data_dir).run_once(stream, force=True)
+        archived = stream.checkpoint(ARCHIVER_CONSUMER)
+    finally:
+        stream.close()
+    objects = sorted((args.data_dir / ARCHIVE_DIR).rglob("*.gz"))
+    newest = objects[-1].relative_to(args.data_dir / ARCHIVE_DIR).as_posix() if objects else "none"
+    flushed = f"flushed {archived - done:,} records; " if args.flush else ""
+    print(f"{flushed}{archived:,} of {last:,} stream records archived, {last - archived:,} waiting; "
+          f"{len(objects):,} objects in {args.data_dir / ARCHIVE_DIR}, newest {newest}")
     return 0
 
 

@@ -182,3 +182,81 @@ def test_records_and_replay_still_read_a_real_data_dir(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["data"] == {"a": 1}
     assert main(["replay", "--data-dir", str(tmp_path), "--from", "2026-01-01", "--to", "2026-01-02",
                  "--dry-run"]) == 0
+
+
+def _archived_ids(data_dir) -> list[str]:
+    import gzip
+
+    ids = []
+    for path in sorted((data_dir / "archive" / "events").rglob("*.gz")):
+        ids += [json.loads(line)["message"]["messageId"] for line in gzip.decompress(path.read_bytes()).splitlines()]
+    return ids
+
+
+def test_replay_right_after_sending_says_why_and_archive_flush_makes_it_replayable(tmp_path, capsys):
+    """The running pipeline's archiver buffers 300 s (like Firehose): replay explains, --flush fixes."""
+    from clickstream.local import build_pipeline
+    from tests.conftest import WRITE_KEYS, serve
+
+    port = free_port()
+    pipeline = build_pipeline(host="127.0.0.1", port=port, data_dir=tmp_path, write_keys=WRITE_KEYS,
+                              load_interval=0.1)
+    server, thread = serve(pipeline.app, port)
+    try:
+        sent = [f"flush-{i}" for i in range(5)]
+        for message_id in sent:
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/track", auth=("test-write-key", ""),
+                           json={"userId": "u", "event": "Signed Up", "messageId": message_id})
+            assert r.status_code == 200
+        replay = ["replay", "--data-dir", str(tmp_path), "--from", "now-1h", "--to", "now", "--dry-run"]
+        assert main(replay) == 0
+        captured = capsys.readouterr()
+        assert captured.out.startswith("would replay 0 records")
+        [why] = captured.err.splitlines()
+        assert why.startswith("clickstream replay: no archive objects in range ")
+        assert "the archive is empty; 5 records wait in the stream, not archived yet" in why
+        assert f"`clickstream archive --flush --data-dir {tmp_path}`" in why and "300 s" in why
+
+        began = time.monotonic()
+        assert main(["archive", "--flush", "--data-dir", str(tmp_path)]) == 0
+        assert time.monotonic() - began < 5  # the archiver polls every second
+        out = capsys.readouterr().out
+        assert out.startswith("flushed 5 records; 5 of 5 stream records archived, 0 waiting; 1 objects in ")
+        assert _archived_ids(tmp_path) == sent
+        assert not (tmp_path / "archive-flush.request").exists()
+        assert main(replay) == 0
+        captured = capsys.readouterr()
+        assert captured.out.startswith("would replay 5 records") and captured.err == ""
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_archive_flush_without_a_running_pipeline_writes_directly(tmp_path, capsys):
+    from clickstream.contract import Record
+    from clickstream.stream import LocalStream
+
+    stream = LocalStream(tmp_path)
+    stream.put([Record("k", json.dumps({"message": {"messageId": f"m-{i}"}}).encode() + b"\n") for i in range(3)])
+    stream.close()
+    assert main(["archive", "--data-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("0 of 3 stream records archived, 3 waiting; 0 objects in ")
+    assert main(["archive", "--flush", "--data-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("flushed 3 records; 3 of 3 stream records archived, 0 waiting; "
+                                              "1 objects in ")
+    assert _archived_ids(tmp_path) == ["m-0", "m-1", "m-2"]
+
+
+def test_relative_replay_times():
+    import datetime as dt
+
+    from clickstream.cli import _parse_when
+
+    now = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
+    assert _parse_when("now", now) == now
+    assert _parse_when("now-2h", now) == dt.datetime(2026, 11, 30, 10, 0, tzinfo=dt.UTC)
+    assert _parse_when("NOW-90m", now) == dt.datetime(2026, 11, 30, 10, 30, tzinfo=dt.UTC)
+    assert _parse_when("now-1d", now) == dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
+    assert _parse_when("2026-11-28T10:00Z", now) == dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
+    with pytest.raises(ValueError):
+        _parse_when("yesterday", now)

@@ -396,9 +396,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     chosen = args.scenario or ["batch", "single", "load", "replay"]
     http = [s for s in chosen if s in ("batch", "single")]
-    figures = bench.run_bench(http, args.seconds, args.connections, args.batch_size) if http else []
-    loader = bench.bench_loader(args.load_events) if "load" in chosen else None
-    replayed = bench.bench_replay(args.load_events) if "replay" in chosen else None
+    steps = bench.Steps(bench.http_steps(http) + ("load" in chosen) + ("replay" in chosen))
+    figures = bench.run_bench(http, args.seconds, args.connections, args.batch_size, steps) if http else []
+    loader = replayed = None
+    if "load" in chosen:
+        with steps.step(f"load: {args.load_events:,} events merged into DuckDB") as note:
+            loader = bench.bench_loader(args.load_events)
+            note["result"] = f"{loader.events_per_s:,.0f} events/s"
+    if "replay" in chosen:
+        with steps.step(f"replay: {args.load_events:,} archived records into the local stream") as note:
+            replayed = bench.bench_replay(args.load_events)
+            note["result"] = f"{replayed['records_per_second']:,.0f} records/s"
     if args.json:
         print(json.dumps({"http": json.loads(bench.to_json(figures)),
                           "loader": dataclasses.asdict(loader) if loader else None, "replay": replayed}, indent=2))

@@ -500,7 +500,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
     except QueryError as exc:
         print(f"clickstream query: {exc}", file=sys.stderr)
         return 1
-    sys.stdout.write(format_rows(columns, rows, args.format))
+    sys.stdout.write(format_rows(columns, rows, args.format, color=sys.stdout.isatty()))
     return 0
 
 

@@ -260,3 +260,28 @@ def test_relative_replay_times():
     assert _parse_when("2026-11-28T10:00Z", now) == dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
     with pytest.raises(ValueError):
         _parse_when("yesterday", now)
+
+
+def test_query_piped_has_no_ansi_escapes_even_with_force_color(tmp_path, capsys, monkeypatch):
+    from clickstream.query import format_rows
+    from clickstream.warehouse import Warehouse
+
+    Warehouse.in_dir(tmp_path).close()
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    assert main(["query", "--data-dir", str(tmp_path), "SELECT 1 AS a, 'x' AS b"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b[" not in out and out.endswith("(1 row)\n")
+    assert [c.strip() for c in out.splitlines()[3].split("│")[1:3]] == ["1", "x"]
+    assert "\x1b[" in format_rows(["a"], [[1]], "table", color=True)  # a terminal still gets styles
+
+
+def test_banner_has_node_and_browser_snippets_for_this_endpoint(tmp_path):
+    from clickstream.local import banner
+
+    text = banner("127.0.0.1", 9123, {"web-key-123": "web"}, tmp_path)
+    assert "  const analytics = new Analytics({ writeKey: 'web-key-123', host: 'http://127.0.0.1:9123' })" in text
+    assert "  analytics.on('error'," in text.splitlines()[text.splitlines().index(
+        "  const analytics = new Analytics({ writeKey: 'web-key-123', host: 'http://127.0.0.1:9123' })") + 1]
+    assert "  await analytics.closeAndFlush()" in text
+    assert "    { writeKey: 'web-key-123', cdnURL: 'http://127.0.0.1:9123' }," in text
+    assert "'Segment.io': { apiHost: '127.0.0.1:9123/v1', protocol: 'http' }" in text

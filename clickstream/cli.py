@@ -111,9 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = sub.add_parser(
         "simulate",
         help="send realistic traffic with the official Segment Python SDK",
-        description="Simulate users: sessions with stable anonymous ids, page views with real-looking context, "
+        description="Simulate users arriving and coming back over --days: visits with stable anonymous ids, "
+        "page views with what analytics.js sends (url, path, title, referrer, search; UTM campaign in context), "
         "sign-up -> identify -> alias, purchase funnels, groups and mobile screens, sent with "
-        "segment-analytics-python (batched, gzip). Prints a summary at the end.",
+        "segment-analytics-python (batched, gzip). Checks the endpoint first; prints a summary at the end.",
     )
     simulate.add_argument("--host", help="the tracking API (env CLICKSTREAM_HOST; default: the `clickstream local` "
                           "running on --data-dir, as started by `make run`, else http://127.0.0.1:8080)")
@@ -127,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     amount.add_argument("--duration", type=float, help="stop after this many seconds")
     simulate.add_argument("--rate", type=float, help="at most this many events per second")
     simulate.add_argument("--seed", type=int, help="random seed: the same seed sends the same events")
+    simulate.add_argument("--days", type=float, default=7.0,
+                          help="users arrive and come back over this many days up to now; event timestamps are "
+                          "when each event happened (default 7; 0: everything now, like live traffic)")
     simulate.set_defaults(func=_cmd_simulate)
 
     replay = sub.add_parser(
@@ -214,7 +218,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         return 1
     events = args.events if args.events is not None or args.duration is not None else 1000
     summary = run_simulation(host, args.write_key, users=args.users, events=events, duration=args.duration,
-                             rate=args.rate, seed=args.seed, progress=sys.stderr.isatty())
+                             rate=args.rate, seed=args.seed, progress=sys.stderr.isatty(), days=args.days)
     kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(summary.by_type.items()))
     print(f"sent {summary.accepted:,} of {summary.events:,} events to {host} in {summary.seconds:.1f} s "
           f"({summary.accepted / summary.seconds:,.0f}/s): {kinds}; {summary.errors:,} failed"

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]  # three 1 s runs, each starting the whole pipeline
 
 
 def test_bench_keeps_server_and_generator_apart_and_counts_what_was_stored(tmp_path):

@@ -11,8 +11,6 @@ from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
-import pytest
-
 from clickstream.cli import main
 from clickstream.simulate import Simulator, run_simulation
 from tests.conftest import KEY, free_port

@@ -307,11 +307,17 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         verb = "would replay" if args.dry_run else "replayed"
         print(f"{verb} {stats.records:,} records ({stats.bytes:,} bytes) from {stats.objects} objects in "
               f"{stats.seconds:.2f} s ({summary['records_per_second']:,.0f} records/s); "
-              f"{stats.skipped_out_of_range:,} outside the range, {stats.retries:,} retried")
+              f"{stats.skipped_out_of_range:,} outside the range, {stats.retries:,} retried; "
+              f"range {_iso_ms(start)} .. {_iso_ms(end)}")
     return 0
 
 
 _RELATIVE = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+def _iso_ms(when: dt.datetime) -> str:
+    """UTC, to the millisecond (the precision of receivedAt), so a printed range can be given back."""
+    return when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _parse_when(text: str, now: dt.datetime | None = None) -> dt.datetime:
@@ -332,7 +338,7 @@ def _why_nothing(archive, data_dir: Path, start: dt.datetime, end: dt.datetime) 
     """Why a replay found no object: usually the buffer has not been written yet (every 300 s)."""
     from clickstream.archive import ARCHIVE_PREFIX, ARCHIVER_CONSUMER, DEFAULT_BUFFER_SECONDS, LocalArchive
 
-    span = f"{start:%Y-%m-%dT%H:%M:%SZ} .. {end:%Y-%m-%dT%H:%M:%SZ}"
+    span = f"{_iso_ms(start)} .. {_iso_ms(end)}"
     flushes = (f"the archiver writes an object every {DEFAULT_BUFFER_SECONDS} s or 5 MiB by default "
                "(Firehose: archiveBufferSeconds)")
     if not isinstance(archive, LocalArchive):

@@ -227,6 +227,7 @@ def test_replay_right_after_sending_says_why_and_archive_flush_makes_it_replayab
         assert main(replay) == 0
         captured = capsys.readouterr()
         assert captured.out.startswith("would replay 5 records") and captured.err == ""
+        assert captured.out.rstrip().endswith("Z")  # the resolved range, to resume with absolute times
     finally:
         server.should_exit = True
         thread.join(timeout=30)

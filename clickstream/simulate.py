@@ -245,13 +245,11 @@ class Simulator:
     def _next_visit(self) -> tuple[int, dt.datetime]:
         """The user whose next visit comes first, and when. Once every planned visit would reach past
         now, newcomers arrive now instead (an existing user's visits must stay 30 minutes apart)."""
-        when, index = self._due[0]
         now = self.clock()
-        if when > now - MAX_VISIT:
+        if not self._due or self._due[0][0] > now - MAX_VISIT:
             self.users.append(self._new_user())
             return len(self.users) - 1, now
-        heapq.heappop(self._due)
-        return index, when
+        return heapq.heappop(self._due)[::-1]
 
     def _schedule(self, index: int) -> None:
         """The user's next visit: at least the session gap after this one ended."""

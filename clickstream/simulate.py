@@ -62,7 +62,10 @@ SCREENS = [("Onboarding", "Welcome"), ("Catalog", "Home"), ("Catalog", "Product"
 COMPANIES = ["acme", "globex", "initech", "umbrella", "hooli"]
 SESSION_GAP = dt.timedelta(minutes=30)  # the usual sessionization threshold: visits are further apart
 MAX_VISIT = dt.timedelta(minutes=20)  # longer than any planned visit (about 16 minutes at most)
-EVENTS_PER_VISIT = 4.5  # about what session() yields on average; sizes the gaps between visits
+EVENTS_PER_VISIT = 5.0  # what session() yields on average (measured); sizes the gaps between visits
+# Returns are sized to fill this share of the window on average: the run then ends within a day or
+# so of now, and rarely overshoots into newcomers (an overshoot would bunch visits at now).
+FILL = 0.7
 
 
 @dataclass
@@ -123,10 +126,28 @@ class Simulator:
         self.start = clock() - self.window
         self.users = [self._new_user() for _ in range(users)]
         self.summary = Summary()
-        # (next visit, user index): users arrive spread over the window
-        self._due = [(self.start + self.window * self.rng.random(), i) for i in range(len(self.users))]
-        heapq.heapify(self._due)
+        self._due: list[tuple[dt.datetime, int]] | None = None  # (next visit, user index), set by run()
         self.mean_gap = dt.timedelta(days=1)
+
+    def _plan_arrivals(self, events: int | None) -> None:
+        """Spread first visits and size the gaps between visits so that the run fills the window.
+
+        Visits happen in time order, so a run of ``events`` makes about ``events / EVENTS_PER_VISIT``
+        visits from the start of the window: with fewer visits than users, arrivals are spread over
+        a longer span, of which the window holds the ones the run reaches; with more, users come back
+        often enough to reach the end of the window. Without an event count: a visit a day or so.
+        """
+        users = max(len(self.users), 1)
+        span = self.window
+        if events:
+            visits = max(events / EVENTS_PER_VISIT, 1.0)
+            if visits <= users:
+                span = self.window * (users / visits)
+                self.mean_gap = max(self.window, dt.timedelta(minutes=1))
+            else:  # a user arriving mid-window on average has half of it left for (visits/users - 1) returns
+                self.mean_gap = max(self.window * FILL / 2 / (visits / users - 1), dt.timedelta(minutes=1))
+        self._due = [(self.start + span * self.rng.random(), i) for i in range(len(self.users))]
+        heapq.heapify(self._due)
 
     def _uuid(self) -> str:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
@@ -246,6 +267,9 @@ class Simulator:
         """The user whose next visit comes first, and when. Once every planned visit would reach past
         now, newcomers arrive now instead (an existing user's visits must stay 30 minutes apart)."""
         now = self.clock()
+        if self._due is None:
+            self._plan_arrivals(None)
+        assert self._due is not None
         if not self._due or self._due[0][0] > now - MAX_VISIT:
             self.users.append(self._new_user())
             return len(self.users) - 1, now
@@ -253,14 +277,14 @@ class Simulator:
 
     def _schedule(self, index: int) -> None:
         """The user's next visit: at least the session gap after this one ended."""
+        assert self._due is not None and self.users[index].last_end is not None
         gap = SESSION_GAP + dt.timedelta(seconds=self.rng.expovariate(1 / self.mean_gap.total_seconds()))
         heapq.heappush(self._due, (self.users[index].last_end + gap, index))
 
     def run(self, *, events: int | None = None, duration: float | None = None, rate: float | None = None,
             on_event=None) -> Summary:
-        if events:  # size the gaps so that the visits this many events make fill the window's second half
-            visits_per_user = max(events / EVENTS_PER_VISIT / max(len(self.users), 1), 1.0)
-            self.mean_gap = max(self.window / 2 / visits_per_user, dt.timedelta(minutes=1))
+        if self._due is None:
+            self._plan_arrivals(events)
         start = time.monotonic()
         sent = 0
 

@@ -96,6 +96,11 @@ def test_visits_spread_over_days_and_events_over_each_visit():
     days_active = sorted(len({kw["timestamp"].date() for v in pv for _, kw in v}) for pv in visits.values())
     assert days_active[len(days_active) // 2] >= 3 and days_active[-1] >= 5
     assert sum(1 for pv in visits.values() if len(pv) >= 2) >= 0.8 * len(visits)
+    # a short run (fewer visits than users) is spread over the window too, not bunched at its start
+    for events, users in [(60, 50), (300, 10)]:
+        _, short = simulated(events=events, users=users)
+        assert len({kw["timestamp"].date() for _, kw in short.calls}) >= 4
+        assert max(kw["timestamp"] for _, kw in short.calls) >= NOW - dt.timedelta(days=3.5)  # second half
 
 
 def test_page_calls_carry_what_analytics_js_sends():

@@ -66,7 +66,8 @@ def banner(host: str, port: int, write_keys: Mapping[str, str], data_dir: Path) 
             f"  {prog} query --data-dir {shlex.quote(str(data_dir))} "
             "'SELECT event, user_id, timestamp FROM clickstream.tracks ORDER BY timestamp DESC LIMIT 10'",
             f"Raw stream records:  {prog} records --data-dir {shlex.quote(str(data_dir))}",
-            f"Archive (Firehose layout): {data_dir / 'archive'}",
+            f"Archive (Firehose layout): {data_dir / 'archive'} (written every 5 MiB or 300 s; now: "
+            f"{prog} archive --flush --data-dir {shlex.quote(str(data_dir))})",
             "Stop with Ctrl-C.",
         ]
     )

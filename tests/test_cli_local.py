@@ -286,3 +286,4 @@ def test_banner_has_node_and_browser_snippets_for_this_endpoint(tmp_path):
     assert "  await analytics.closeAndFlush()" in text
     assert "    { writeKey: 'web-key-123', cdnURL: 'http://127.0.0.1:9123' }," in text
     assert "'Segment.io': { apiHost: '127.0.0.1:9123/v1', protocol: 'http' }" in text
+    assert f"clickstream archive --flush --data-dir {tmp_path}" in text

@@ -1,7 +1,10 @@
 """Load test for the tracking API with Locust.
 
-    locust -f benchmark/locustfile.py --host http://127.0.0.1:8080 --write-key dev-write-key
+    make load USERS=20 DURATION=30      # headless, against `make run`'s PORT and WRITE_KEY
     locust -f benchmark/locustfile.py --headless -u 50 -r 10 -t 1m --host https://<api>/prod
+    locust -f benchmark/locustfile.py --host http://127.0.0.1:8080   # web UI on :8089, waits for start
+
+Locust is in the ``load`` extra (``pip install -e '.[load]'``; ``make load`` installs it).
 
 Host and key come from the command line (``--host``, ``--write-key``) or the environment
 (``CLICKSTREAM_HOST``, ``CLICKSTREAM_WRITE_KEY``), never from this file. Two kinds of users:

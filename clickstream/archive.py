@@ -49,6 +49,9 @@ OBJECT_SUFFIX = ".gz"
 DEFAULT_BUFFER_BYTES = 5 * 1024 * 1024
 DEFAULT_BUFFER_SECONDS = 300
 ARCHIVER_CONSUMER = "archiver"
+# `clickstream archive --flush` creates this file in the data dir; the running archiver then writes
+# its buffer at its next poll (and removes the file), as if the buffer interval had passed.
+FLUSH_REQUEST_FILE = "archive-flush.request"
 
 
 def hour_prefix(prefix: str, when: dt.datetime) -> str:
@@ -168,9 +171,13 @@ class Archiver:
         def loop() -> None:
             stream = LocalStream(self.data_dir)
             try:
+                request = self.data_dir / FLUSH_REQUEST_FILE
                 while not self._stop.wait(poll_seconds):
                     try:
-                        self.run_once(stream)
+                        flush = request.exists()
+                        self.run_once(stream, force=flush)
+                        if flush:
+                            request.unlink(missing_ok=True)
                     except Exception:
                         log.exception("archiver run failed; retrying")
                 self.run_once(stream, force=True)  # flush on shutdown, like Firehose on a final buffer

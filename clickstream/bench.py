@@ -8,6 +8,8 @@ counted: every acknowledged event must be there, or the run fails.
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import itertools
 import json
 import os
@@ -18,8 +20,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TextIO
 
 from clickstream import contract, loadgen
 from clickstream.stream import LocalStream
@@ -175,17 +179,61 @@ def measure(scenario: Scenario, *, bare: bool, seconds: float, connections: int,
                    acked, stored, server.cpus, sorted(os.sched_getaffinity(0)) if _CPUS else [])
 
 
-def run_bench(names: list[str], seconds: float, connections: int, batch_size: int) -> list[Figures]:
+class Steps:
+    """Progress of a bench: one line per measured run on stderr, so minutes of work never look stuck.
+
+    On a terminal a rich spinner also shows the run in progress with its elapsed time.
+    """
+
+    def __init__(self, total: int, file: TextIO | None = None) -> None:
+        from rich.console import Console
+
+        self.total, self.done = total, 0
+        self.console = Console(file=file or sys.stderr, highlight=False, soft_wrap=True)
+
+    @contextlib.contextmanager
+    def step(self, label: str) -> Iterator[dict[str, str]]:
+        """Set ``note["result"]`` inside the block: it ends the step's line."""
+        self.done += 1
+        prefix = f"[{self.done}/{self.total}] {label}"
+        note: dict[str, str] = {}
+        began = time.monotonic()
+        if self.console.is_terminal:
+            with self.console.status(f"{prefix} ..."):
+                yield note
+        else:
+            yield note
+        self.console.print(f"{prefix}: {note.get('result', 'done')} ({time.monotonic() - began:.0f} s)",
+                           markup=False)
+
+
+def http_steps(names: list[str]) -> int:
+    return 3 * len(names)  # peak, half of peak, bare server
+
+
+def _summary(f: Figures) -> str:
+    return f"{f.requests_per_s:,.0f} req/s, {f.events_per_s:,.0f} events/s, p99 {f.p99_ms} ms, {f.errors} errors"
+
+
+def run_bench(names: list[str], seconds: float, connections: int, batch_size: int,
+              steps: Steps | None = None) -> list[Figures]:
     _pin(os.getpid(), 1)
     out: list[Figures] = []
     all_scenarios = scenarios(batch_size)
+    steps = steps or Steps(http_steps(names), file=io.StringIO())
     for name in names:
         sc = all_scenarios[name]
         with tempfile.TemporaryDirectory(prefix="clickstream-bench-") as tmp:
-            peak = measure(sc, bare=False, seconds=seconds, connections=connections, data_dir=Path(tmp) / "a")
-            half = measure(sc, bare=False, seconds=seconds, connections=connections,
-                           rate=peak.requests_per_s / 2, data_dir=Path(tmp) / "b")
-            bare = measure(sc, bare=True, seconds=seconds, connections=connections, data_dir=Path(tmp) / "c")
+            with steps.step(f"{name}: clickstream local at peak, {seconds:g} s") as note:
+                peak = measure(sc, bare=False, seconds=seconds, connections=connections, data_dir=Path(tmp) / "a")
+                note["result"] = _summary(peak)
+            with steps.step(f"{name}: clickstream local at half of peak, {seconds:g} s") as note:
+                half = measure(sc, bare=False, seconds=seconds, connections=connections,
+                               rate=peak.requests_per_s / 2, data_dir=Path(tmp) / "b")
+                note["result"] = _summary(half)
+            with steps.step(f"{name}: bare server at peak, {seconds:g} s") as note:
+                bare = measure(sc, bare=True, seconds=seconds, connections=connections, data_dir=Path(tmp) / "c")
+                note["result"] = _summary(bare)
             shutil.rmtree(tmp, ignore_errors=True)
         for fig in (peak, half):
             if fig.events_in_stream != fig.events_acknowledged:

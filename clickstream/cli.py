@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import sys
 from collections.abc import Sequence
@@ -116,15 +117,30 @@ def build_parser() -> argparse.ArgumentParser:
     records.add_argument("--after", type=int, default=0, help="start after this sequence number")
     records.add_argument("--limit", type=int, default=None, help="print at most N records")
     records.set_defaults(func=_cmd_records)
+
+    archive = sub.add_parser(
+        "archive",
+        help="show what the local archiver has written, and flush its buffer on demand",
+        description="Like Firehose, the local archiver writes an object every --archive-buffer-seconds (300) or "
+        "--archive-buffer-mb (5): events sent a minute ago are not archived (nor replayable) yet. "
+        "--flush writes everything waiting now, through the running `clickstream local` or directly.",
+    )
+    _data_dir_option(archive)
+    archive.add_argument("--flush", action="store_true", help="archive every record waiting in the buffer now")
+    archive.add_argument("--timeout", type=float, default=30.0,
+                         help="seconds to wait for the running pipeline's archiver (default 30)")
+    archive.set_defaults(func=_cmd_archive)
     simulate = sub.add_parser(
         "simulate",
         help="send realistic traffic with the official Segment Python SDK",
-        description="Simulate users: sessions with stable anonymous ids, page views with real-looking context, "
+        description="Simulate users arriving and coming back over --days: visits with stable anonymous ids, "
+        "page views with what analytics.js sends (url, path, title, referrer, search; UTM campaign in context), "
         "sign-up -> identify -> alias, purchase funnels, groups and mobile screens, sent with "
-        "segment-analytics-python (batched, gzip). Prints a summary at the end.",
+        "segment-analytics-python (batched, gzip). Checks the endpoint first; prints a summary at the end.",
     )
-    simulate.add_argument("--host", default=os.environ.get("CLICKSTREAM_HOST", "http://127.0.0.1:8080"),
-                          help="the tracking API (env CLICKSTREAM_HOST; default http://127.0.0.1:8080)")
+    simulate.add_argument("--host", help="the tracking API (env CLICKSTREAM_HOST; default: the `clickstream local` "
+                          "running on --data-dir, as started by `make run`, else http://127.0.0.1:8080)")
+    _data_dir_option(simulate)
     simulate.add_argument("--write-key", "--writeKey", dest="write_key",
                           default=os.environ.get("CLICKSTREAM_WRITE_KEY", contract.DEV_WRITE_KEY),
                           help=f"write key (env CLICKSTREAM_WRITE_KEY; default {contract.DEV_WRITE_KEY})")
@@ -134,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     amount.add_argument("--duration", type=float, help="stop after this many seconds")
     simulate.add_argument("--rate", type=float, help="at most this many events per second")
     simulate.add_argument("--seed", type=int, help="random seed: the same seed sends the same events")
+    simulate.add_argument("--days", type=float, default=7.0,
+                          help="users arrive and come back over this many days up to now; event timestamps are "
+                          "when each event happened (default 7; 0: everything now, like live traffic)")
     simulate.set_defaults(func=_cmd_simulate)
 
     replay = sub.add_parser(
@@ -146,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         "command again to resume. Replaying what is already loaded changes no warehouse row.",
     )
     _data_dir_option(replay)
-    replay.add_argument("--from", dest="start", required=True, help="start time, ISO 8601 (UTC if no offset)")
-    replay.add_argument("--to", dest="end", required=True, help="end time, ISO 8601 (inclusive)")
+    replay.add_argument("--from", dest="start", required=True,
+                        help="start time, ISO 8601 (UTC if no offset), or relative: now, now-2h, now-30m, now-1d")
+    replay.add_argument("--to", dest="end", required=True, help="end time (inclusive), same forms as --from")
     replay.add_argument("--source", help="archive: a local data/archive dir or s3://bucket/prefix "
                         "(default: the archive in --data-dir)")
     replay.add_argument("--target-stream", metavar="NAME",
@@ -202,14 +222,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from clickstream.simulate import run_simulation
+    from clickstream.simulate import EndpointError, check_endpoint, default_host, run_simulation
 
+    host = args.host or default_host(args.data_dir)
+    try:
+        check_endpoint(host, args.write_key)
+    except EndpointError as exc:
+        print(f"clickstream simulate: {exc}", file=sys.stderr)
+        return 1
     events = args.events if args.events is not None or args.duration is not None else 1000
-    summary = run_simulation(args.host, args.write_key, users=args.users, events=events, duration=args.duration,
-                             rate=args.rate, seed=args.seed, progress=sys.stderr.isatty())
+    summary = run_simulation(host, args.write_key, users=args.users, events=events, duration=args.duration,
+                             rate=args.rate, seed=args.seed, progress=sys.stderr.isatty(), days=args.days)
     kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(summary.by_type.items()))
-    print(f"sent {summary.events:,} events in {summary.seconds:.1f} s ({summary.events / summary.seconds:,.0f}/s): "
-          f"{kinds}; {summary.errors} failed")
+    print(f"sent {summary.accepted:,} of {summary.events:,} events to {host} in {summary.seconds:.1f} s "
+          f"({summary.accepted / summary.seconds:,.0f}/s): {kinds}; {summary.errors:,} failed"
+          + (f" ({summary.first_error})" if summary.first_error else ""))
     return 1 if summary.errors else 0
 
 
@@ -236,12 +263,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from clickstream.archive import open_archive
 
     try:
-        start, end = rp.parse_time(args.start), rp.parse_time(args.end)
+        start, end = _parse_when(args.start), _parse_when(args.end)
     except ValueError as exc:
         print(f"clickstream replay: bad time: {exc}", file=sys.stderr)
         return 2
     if end < start:
         print("clickstream replay: --to is before --from", file=sys.stderr)
+        return 2
+    # Without --source the data dir is the archive read: it must hold a pipeline (a mistyped one would
+    # replay nothing into a new, empty stream). With --source, a new data dir is a backfill target.
+    if not args.source and not _require_pipeline(args.data_dir, "replay"):
         return 2
     source = args.source or str(args.data_dir)
     archive = open_archive(source, args.region)
@@ -262,13 +293,102 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                       progress=sys.stderr.isatty() and not args.json)
     summary = rp.stats_dict(stats)
     summary["dry_run"] = args.dry_run
+    if not stats.objects:
+        print(f"clickstream replay: {_why_nothing(archive, args.data_dir, start, end)}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
     else:
         verb = "would replay" if args.dry_run else "replayed"
         print(f"{verb} {stats.records:,} records ({stats.bytes:,} bytes) from {stats.objects} objects in "
               f"{stats.seconds:.2f} s ({summary['records_per_second']:,.0f} records/s); "
-              f"{stats.skipped_out_of_range:,} outside the range, {stats.retries:,} retried")
+              f"{stats.skipped_out_of_range:,} outside the range, {stats.retries:,} retried; "
+              f"range {_iso_ms(start)} .. {_iso_ms(end)}")
+    return 0
+
+
+_RELATIVE = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+def _iso_ms(when: dt.datetime) -> str:
+    """UTC, to the millisecond (the precision of receivedAt), so a printed range can be given back."""
+    return when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _parse_when(text: str, now: dt.datetime | None = None) -> dt.datetime:
+    """``now`` or ``now-<N><m|h|d>`` (relative to the current UTC time), else ISO 8601."""
+    import re
+
+    from clickstream.replay import parse_time
+
+    now = now or dt.datetime.now(dt.UTC)
+    match = re.fullmatch(r"\s*now\s*(?:-\s*(\d+(?:\.\d+)?)\s*([mhd]))?\s*", text, re.IGNORECASE)
+    if match:
+        amount, unit = match.groups()
+        return now - dt.timedelta(**{_RELATIVE[unit.lower()]: float(amount)}) if amount else now
+    return parse_time(text)
+
+
+def _why_nothing(archive, data_dir: Path, start: dt.datetime, end: dt.datetime) -> str:
+    """Why a replay found no object: usually the buffer has not been written yet (every 300 s)."""
+    from clickstream.archive import ARCHIVE_PREFIX, ARCHIVER_CONSUMER, DEFAULT_BUFFER_SECONDS, LocalArchive
+
+    span = f"{_iso_ms(start)} .. {_iso_ms(end)}"
+    flushes = (f"the archiver writes an object every {DEFAULT_BUFFER_SECONDS} s or 5 MiB by default "
+               "(Firehose: archiveBufferSeconds)")
+    if not isinstance(archive, LocalArchive):
+        return f"no archive objects in range {span}; {flushes}"
+    newest = max((archive.root / ARCHIVE_PREFIX).glob("*/*/*/*/*.gz"), default=None)
+    parts = [f"no archive objects in range {span}",
+             f"the newest is {newest.relative_to(archive.root).as_posix()}" if newest else "the archive is empty"]
+    from clickstream.stream import STREAM_FILE, LocalStream
+
+    if (data_dir / STREAM_FILE).is_file():
+        stream = LocalStream(data_dir)
+        try:
+            waiting = stream.last_seq() - stream.checkpoint(ARCHIVER_CONSUMER)
+        finally:
+            stream.close()
+        if waiting > 0:
+            parts.append(f"{waiting:,} records wait in the stream, not archived yet: {flushes}; write them now "
+                         f"with `clickstream archive --flush --data-dir {data_dir}`")
+            return "; ".join(parts)
+    parts.append(flushes)
+    return "; ".join(parts)
+
+
+def _cmd_archive(args: argparse.Namespace) -> int:
+    import time
+
+    from clickstream.archive import ARCHIVE_DIR, ARCHIVER_CONSUMER, FLUSH_REQUEST_FILE, Archiver
+    from clickstream.query import _running  # local.json of a live `clickstream local`, or None
+    from clickstream.stream import LocalStream
+
+    if not _require_pipeline(args.data_dir, "archive"):
+        return 2
+    stream = LocalStream(args.data_dir)
+    try:
+        last, done = stream.last_seq(), stream.checkpoint(ARCHIVER_CONSUMER)
+        if args.flush and last > done:
+            if _running(args.data_dir):
+                # The running archiver owns the checkpoint: ask it, and wait until it has passed `last`.
+                (args.data_dir / FLUSH_REQUEST_FILE).touch()
+                deadline = time.monotonic() + args.timeout
+                while stream.checkpoint(ARCHIVER_CONSUMER) < last:
+                    if time.monotonic() > deadline:
+                        print(f"clickstream archive: the running pipeline's archiver did not flush within "
+                              f"{args.timeout:g} s", file=sys.stderr)
+                        return 1
+                    time.sleep(0.1)
+            else:
+                Archiver(args.data_dir).run_once(stream, force=True)
+        archived = stream.checkpoint(ARCHIVER_CONSUMER)
+    finally:
+        stream.close()
+    objects = sorted((args.data_dir / ARCHIVE_DIR).rglob("*.gz"))
+    newest = objects[-1].relative_to(args.data_dir / ARCHIVE_DIR).as_posix() if objects else "none"
+    flushed = f"flushed {archived - done:,} records; " if args.flush else ""
+    print(f"{flushed}{archived:,} of {last:,} stream records archived, {last - archived:,} waiting; "
+          f"{len(objects):,} objects in {args.data_dir / ARCHIVE_DIR}, newest {newest}")
     return 0
 
 
@@ -280,9 +400,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     chosen = args.scenario or ["batch", "single", "load", "replay"]
     http = [s for s in chosen if s in ("batch", "single")]
-    figures = bench.run_bench(http, args.seconds, args.connections, args.batch_size) if http else []
-    loader = bench.bench_loader(args.load_events) if "load" in chosen else None
-    replayed = bench.bench_replay(args.load_events) if "replay" in chosen else None
+    steps = bench.Steps(bench.http_steps(http) + ("load" in chosen) + ("replay" in chosen))
+    figures = bench.run_bench(http, args.seconds, args.connections, args.batch_size, steps) if http else []
+    loader = replayed = None
+    if "load" in chosen:
+        with steps.step(f"load: {args.load_events:,} events merged into DuckDB") as note:
+            loader = bench.bench_loader(args.load_events)
+            note["result"] = f"{loader.events_per_s:,.0f} events/s"
+    if "replay" in chosen:
+        with steps.step(f"replay: {args.load_events:,} archived records into the local stream") as note:
+            replayed = bench.bench_replay(args.load_events)
+            note["result"] = f"{replayed['records_per_second']:,.0f} records/s"
     if args.json:
         print(json.dumps({"http": json.loads(bench.to_json(figures)),
                           "loader": dataclasses.asdict(loader) if loader else None, "replay": replayed}, indent=2))
@@ -308,6 +436,45 @@ def _write_keys(specs: Sequence[str] | None) -> dict[str, str]:
     return {contract.DEV_WRITE_KEY: contract.DEV_SOURCE}
 
 
+def _port_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (None if it can), checked before anything is printed.
+
+    The socket options are uvicorn's (SO_REUSEADDR), so a port left in TIME_WAIT counts as free and
+    only a live listener counts as busy.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot resolve --host {host}: {exc.strerror}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            import errno
+
+            if exc.errno == errno.EADDRINUSE:
+                return (f"port {port} on {host} is already in use (another `clickstream local`?): stop it, or "
+                        f"choose another port with --port N (make run PORT=N)")
+            return f"cannot listen on {host}:{port}: {exc.strerror}"
+    return None
+
+
+def _require_pipeline(data_dir: Path, command: str) -> bool:
+    """Refuse a data dir that holds no local stream: a typo in --data-dir would otherwise create an
+    empty one there and print nothing."""
+    from clickstream.stream import STREAM_FILE
+
+    if (data_dir / STREAM_FILE).is_file():
+        return True
+    print(f"clickstream {command}: no local pipeline in {data_dir} (no {STREAM_FILE}): check --data-dir "
+          f"(env {DATA_DIR_ENV}), or create one with `clickstream local --data-dir {data_dir}`", file=sys.stderr)
+    return False
+
+
 def _cmd_local(args: argparse.Namespace) -> int:
     from clickstream.local import run_local
     from clickstream.server import ServerLimits
@@ -318,6 +485,10 @@ def _cmd_local(args: argparse.Namespace) -> int:
     except contract.WriteKeyError as exc:
         print(f"clickstream local: {exc}", file=sys.stderr)
         return 2
+    problem = _port_problem(args.host, args.port)
+    if problem:
+        print(f"clickstream local: {problem}", file=sys.stderr)
+        return 1
     return run_local(
         host=args.host, port=args.port, data_dir=args.data_dir, write_keys=keys, origins=args.origins or ["*"],
         archive_buffer_bytes=int(args.archive_buffer_mb * 1024 * 1024),
@@ -337,7 +508,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
     except QueryError as exc:
         print(f"clickstream query: {exc}", file=sys.stderr)
         return 1
-    sys.stdout.write(format_rows(columns, rows, args.format))
+    sys.stdout.write(format_rows(columns, rows, args.format, color=sys.stdout.isatty()))
     return 0
 
 
@@ -380,6 +551,8 @@ def _cmd_records(args: argparse.Namespace) -> int:
 
     from clickstream.stream import LocalStream
 
+    if not _require_pipeline(args.data_dir, "records"):
+        return 2
     stream = LocalStream(args.data_dir)
     out = sys.stdout
     for n, record in enumerate(stream.iter_from(args.after)):

@@ -51,11 +51,26 @@ def banner(host: str, port: int, write_keys: Mapping[str, str], data_dir: Path) 
             "  analytics.track('user-1', 'Signed Up', {'plan': 'pro'})",
             "  analytics.flush()",
             "",
+            "Node (npm install @segment/analytics-node; save as send.mjs, run with node send.mjs):",
+            "  import { Analytics } from '@segment/analytics-node'",
+            f"  const analytics = new Analytics({{ writeKey: {key!r}, host: {endpoint!r} }})",
+            "  analytics.on('error', (err) => console.error('clickstream:', err.reason ?? err))",
+            "  analytics.track({ userId: 'user-1', event: 'Signed Up', properties: { plan: 'pro' } })",
+            "  await analytics.closeAndFlush()  // send now; without it the process waits for the 10 s timer",
+            "",
+            "Browser (@segment/analytics-next; the settings endpoint is served by this API):",
+            "  AnalyticsBrowser.load(",
+            f"    {{ writeKey: {key!r}, cdnURL: {endpoint!r} }},",
+            f"    {{ integrations: {{ 'Segment.io': {{ apiHost: {f'{host}:{port}{contract.API_PREFIX}'!r}, "
+            "protocol: 'http' } } },",
+            "  )",
+            "",
             "Query the warehouse (Segment-style tables, queryable within a second or two):",
             f"  {prog} query --data-dir {shlex.quote(str(data_dir))} "
             "'SELECT event, user_id, timestamp FROM clickstream.tracks ORDER BY timestamp DESC LIMIT 10'",
             f"Raw stream records:  {prog} records --data-dir {shlex.quote(str(data_dir))}",
-            f"Archive (Firehose layout): {data_dir / 'archive'}",
+            f"Archive (Firehose layout): {data_dir / 'archive'} (written every 5 MiB or 300 s; now: "
+            f"{prog} archive --flush --data-dir {shlex.quote(str(data_dir))})",
             "Stop with Ctrl-C.",
         ]
     )

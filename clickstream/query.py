@@ -95,7 +95,9 @@ def run_query(data_dir: Path, sql: str) -> tuple[list[str], list[list[Any]]]:
         wh.close()
 
 
-def format_rows(columns: list[str], rows: list[list[Any]], fmt: str) -> str:
+def format_rows(columns: list[str], rows: list[list[Any]], fmt: str, color: bool = False) -> str:
+    """``color``: style the table (only for a terminal; piped output never gets ANSI escapes, even
+    with FORCE_COLOR set)."""
     if fmt == "json":
         return json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str, ensure_ascii=False,
                           indent=2)
@@ -111,6 +113,6 @@ def format_rows(columns: list[str], rows: list[list[Any]], fmt: str) -> str:
     table = Table(*columns)
     for r in rows:
         table.add_row(*("" if v is None else str(v) for v in r))
-    console = Console(file=io.StringIO(), width=200)
+    console = Console(file=io.StringIO(), width=200, force_terminal=color, color_system="auto" if color else None)
     console.print(table)
     return console.file.getvalue() + f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n"

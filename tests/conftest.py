@@ -26,6 +26,29 @@ CAUGHT_UP = (
 KEY = "test-write-key"
 
 
+# The default limit per test is short (pyproject: timeout = 60), so a hang costs a minute, not five.
+# Tests that legitimately take longer on a busy 2-core machine get their own limit here, in one
+# place (measured under load: CDK synth via the CLI 35 s, the VTL differential 33 s, the stacks'
+# module-scoped synth 24 s in setup, kill -9 runs up to 21 s). A test's own timeout mark wins.
+SLOW_LIMIT = 120  # every test marked slow: real subprocesses, crash and load tests
+LONGER_LIMITS = {
+    "tests/test_cdk.py": 240,  # synthesizes the stacks, runs cfn-lint and the CDK CLI
+    "tests/test_warehouse_stack.py": 180,
+    "tests/test_vtl.py::test_vtl_and_local_produce_the_same_records": 180,  # 800 rendered requests
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("timeout") is not None:
+            continue
+        limit = next((n for prefix, n in LONGER_LIMITS.items() if item.nodeid.startswith(prefix)), None)
+        if limit is None and item.get_closest_marker("slow") is not None:
+            limit = SLOW_LIMIT
+        if limit is not None:
+            item.add_marker(pytest.mark.timeout(limit))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,16 +9,24 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]  # three 1 s runs, each starting the whole pipeline
 
 
 def test_bench_keeps_server_and_generator_apart_and_counts_what_was_stored(tmp_path):
-    out = subprocess.run(
+    run = subprocess.run(
         [sys.executable, "-m", "clickstream.cli", "bench", "--scenario", "single", "--seconds", "1",
          "--connections", "4", "--json"],
         capture_output=True, text=True, timeout=120, check=True, cwd=tmp_path,
-    ).stdout
-    figures = {(f["scenario"], f["server"]): f for f in json.loads(out)["http"]}
+    )
+    figures = {(f["scenario"], f["server"]): f for f in json.loads(run.stdout)["http"]}
+    # progress: one line per measured run on stderr (stdout stays the JSON), with that run's figures
+    lines = run.stderr.splitlines()
+    assert [line.split(":")[0] + ":" + line.split(":")[1] for line in lines] == [
+        "[1/3] single: clickstream local at peak, 1 s", "[2/3] single: clickstream local at half of peak, 1 s",
+        "[3/3] single: bare server at peak, 1 s"]
+    for line, key in zip(lines, [("single", "clickstream"), ("single@half", "clickstream"), ("single", "bare")],
+                         strict=True):
+        assert f"{figures[key]['requests_per_s']:,.0f} req/s" in line and line.endswith(" s)")
     assert set(figures) == {("single", "clickstream"), ("single@half", "clickstream"), ("single", "bare")}
     for key in (("single", "clickstream"), ("single@half", "clickstream")):
         f = figures[key]

@@ -423,8 +423,9 @@ def test_deploy_docs_are_true_to_the_configuration():
     readme = (root / "README.md").read_text()
     section = readme[readme.index("## Deploy to AWS"):readme.index("### Configuration")]
     [commands] = re.findall(r"```sh\n(.*?)```", section, re.S)
-    assert [line.split("#")[0].split()[:3] for line in commands.strip().splitlines()] == [
-        ["npx", "cdk", "bootstrap"], ["npx", "cdk", "deploy"]]
+    assert [line.split("#")[0].split()[:2] for line in commands.strip().splitlines()] == [
+        ["make", "bootstrap"], ["make", "deploy"]]
+    assert "npx cdk deploy --all" in section
     assert "docs/deploy.md" in section
     deploy = (root / "docs" / "deploy.md").read_text()
     for key in ("createServerless", "serverlessBaseCapacity", "serverlessMaxCapacity", "serverlessUsageLimitRpuHours",

@@ -65,7 +65,7 @@ class WarehouseStack(cdk.Stack):
         self.streaming_role.add_to_policy(iam.PolicyStatement(
             actions=["kinesis:DescribeStreamSummary", "kinesis:GetShardIterator", "kinesis:GetRecords",
                      "kinesis:DescribeStream", "kinesis:ListShards"],
-            resources=[storage.stream.stream_arn]))
+            resources=[storage.stream_ref(self).stream_arn]))  # by name: renaming the stream stays one deploy
         self.streaming_role.add_to_policy(iam.PolicyStatement(actions=["kinesis:ListStreams"], resources=["*"]))
         storage.key.grant_decrypt(self.streaming_role)
 

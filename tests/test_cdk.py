@@ -479,7 +479,7 @@ def _imports(template_path: Path) -> set[str]:
 
 def test_renaming_the_stream_is_one_deploy_and_redeploy_after_destroy_does_not_collide(tmp_path):
     """A rename replaces the stream (and the delivery stream reading it). CloudFormation refuses to
-    change an export another stack imports, so the ingest and replay stacks must not import anything
+    change an export another stack imports, so the ingest, replay and warehouse stacks must not import anything
     of those two resources; and the fixed-name stream must not survive `cdk destroy`."""
     a, _ = synth(tmp_path / "a", streamName="clickstream-events")
     b, _ = synth(tmp_path / "b", streamName="clickstream-events-v2")
@@ -492,7 +492,7 @@ def test_renaming_the_stream_is_one_deploy_and_redeploy_after_destroy_does_not_c
     changing_exports = {o["Export"]["Name"] for o in storage_a.get("Outputs", {}).values()
                         if "Export" in o and any(lid in json.dumps(o["Value"]) for lid in replaced)}
     assert changing_exports  # still exported for stacks deployed before, so an upgrade is one deploy too
-    for stack in ("ClickstreamIngest", "ClickstreamReplay"):
+    for stack in ("ClickstreamIngest", "ClickstreamReplay", "ClickstreamWarehouse"):
         for directory in (a.directory, b.directory):
             assert not _imports(Path(directory) / f"{stack}.template.json") & changing_exports, stack
     [stream] = [r for r in storage_a["Resources"].values() if r["Type"] == "AWS::Kinesis::Stream"]

@@ -172,7 +172,8 @@ def test_failed_statement_fails_the_execution_with_its_name_and_error(sfn, monke
     history = sfn.get_execution_history(executionArn=result["executionArn"])["events"]
     failure = json.dumps([e for e in history if "Failed" in e["type"]], default=str)
     assert "StatementFailed" in failure
-    assert "setup/040_tables.sql#1 failed: " in failure and "permission denied for schema clickstream" in failure
+    assert "setup/050_m001_initial_tables.sql#1 failed: " in failure
+    assert "permission denied for schema clickstream" in failure
     # nothing after the failed statement was sent
     assert redshift.executed[-1].startswith("-- One row per message") or "clickstream.events" in redshift.executed[-1]
     assert not any("CREATE OR REPLACE VIEW" in sql for sql in redshift.executed)
@@ -200,4 +201,4 @@ def test_every_transition_names_a_real_state():
 
 def test_only_materialized_view_creation_is_skip_if_exists():
     flagged = [s.name for s in redshift_statements("setup", NAMES) if s.skip_if_exists]
-    assert flagged == ["setup/030_streaming_view.sql#1"]
+    assert flagged == ["setup/070_streaming_view.sql#1"]

@@ -165,3 +165,21 @@ def test_file_markers_set_statement_flags(tmp_path, monkeypatch):
     ]
     assert [s.name for s in sqlmodel.duckdb_statements("refresh", sqlmodel.ModelNames())] == [
         "refresh/010_plain.sql#1", "refresh/020_merge.sql#1", "refresh/020_merge.sql#2"]
+
+
+@pytest.mark.parametrize("width", [1, 3, 64, 100, 1024])
+def test_truncation_function_is_byte_safe_and_matches_the_reference(width):
+    """f_clickstream_truncate (the Redshift SQL UDF, run as the DuckDB macro made from it) never
+    exceeds n bytes, never splits a character, and keeps n characters of ASCII."""
+    import duckdb
+
+    conn = duckdb.connect()
+    setup = duckdb_statements("setup", NAMES)
+    conn.execute(next(s.sql for s in setup if s.name.startswith("setup/047_functions")))
+    samples = ["", "a" * 2000, "é" * 900, "日本語" * 500, "😀" * 400, "a" + "é" * 700, "ab😀" * 300, "x" * width]
+    for text in samples:
+        [(out,)] = conn.execute("SELECT f_clickstream_truncate(?, ?)", [text, width]).fetchall()
+        assert out == redshift_rules.truncate_utf8(text, width)
+        assert len(out.encode()) <= width and text.startswith(out)
+        if text.isascii():
+            assert out == text[:width]

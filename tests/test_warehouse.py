@@ -204,3 +204,24 @@ def test_dedup_window_bounds_how_far_back_a_copy_is_found(tmp_path):
     _load(wh, tmp_path, [_envelope("web", "w-1", T0 + 4 * DAY_MS)])  # beyond the window: loaded again
     assert wh.query("SELECT COUNT(*) FROM clickstream.events")[1] == [(2,)]
     wh.close()
+
+
+def test_a_failed_merge_keeps_nothing_and_the_next_merge_redoes_it(tmp_path):
+    """Inserts and the watermark move together (on Redshift: one BatchExecuteStatement)."""
+    import dataclasses
+
+    import pytest
+
+    wh = Warehouse(tmp_path / "w.duckdb")
+    statements = list(wh._merge)
+    last = statements[-1]
+    assert "load_state" in last.sql
+    wh._merge = [*statements[:-1], dataclasses.replace(last, sql="SELECT error('merge interrupted')")]
+    with pytest.raises(Exception, match="merge interrupted"):
+        _load(wh, tmp_path, [_envelope("web", "a-1", T0), b"not json"])
+    counts = "SELECT (SELECT COUNT(*) FROM clickstream.events), (SELECT COUNT(*) FROM clickstream.rejected)"
+    assert wh.query(counts)[1] == [(0, 0)]
+    wh._merge = statements
+    wh.merge()
+    assert wh.query(counts)[1] == [(1, 1)]
+    wh.close()

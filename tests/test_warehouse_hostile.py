@@ -183,3 +183,17 @@ def test_the_local_model_refuses_what_redshift_refuses(tmp_path):
     merge = "\n".join(s.sql for s in wh._merge)
     assert "redshift_varchar(" in merge.lower() and "redshift_json_text(" in merge.lower()
     wh.close()
+
+
+def test_json_too_large_to_serialise_is_rejected_not_fatal(tmp_path):
+    """On Redshift a record under 64,000 bytes can serialise to more than JSON_SERIALIZE's 65,535
+    bytes (JSON_SIZE says so first); such a row is rejected without its text, not a failed merge."""
+    wh = Warehouse(tmp_path / "w.duckdb")
+    big = envelope(track("grown", properties={"p": "n" * 70_000})).decode()
+    wh.conn.execute("INSERT INTO clickstream.clickstream_stream (approximate_arrival_timestamp, partition_key, "
+                    "shard_id, sequence_number, refresh_time, payload, raw_data, record_bytes) "
+                    "VALUES (now(), 'k', 'shard-1', '00000000000000000001', now()::TIMESTAMP, ?, NULL, 1000)", [big])
+    wh.merge()
+    assert wh.query("SELECT reason, raw_format, raw_record, record_bytes FROM clickstream.rejected")[1] == [
+        ("record_too_large", "none", None, 1000)]
+    wh.close()

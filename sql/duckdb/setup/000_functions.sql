@@ -7,6 +7,8 @@ CREATE OR REPLACE MACRO json_serialize(x) AS
 
 CREATE OR REPLACE MACRO can_json_parse(x) AS json_valid(x);
 
+CREATE OR REPLACE MACRO json_size(x) AS strlen(CAST(x AS VARCHAR));
+
 CREATE OR REPLACE MACRO from_varbyte(b, enc) AS
     CASE WHEN octet_length(b) * 2 <= 65535 THEN lower(hex(b))
          ELSE error('FROM_VARBYTE: result exceeds the VARCHAR limit of 65535 bytes') END;

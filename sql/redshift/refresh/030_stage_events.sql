@@ -22,7 +22,10 @@ WITH r AS (
         v.sequence_number,
         v.refresh_time,
         v.record_bytes,
-        CASE WHEN v.payload IS NOT NULL THEN JSON_SERIALIZE(v.payload) END AS raw_json,
+        -- JSON_SIZE has no size limit; JSON_SERIALIZE fails beyond 65,535 bytes, and a record's
+        -- serialised form may be longer than the record (e.g. numbers written with exponents)
+        JSON_SIZE(v.payload) AS payload_bytes,
+        CASE WHEN JSON_SIZE(v.payload) <= 65535 THEN JSON_SERIALIZE(v.payload) END AS raw_json,
         -- bytes that are not JSON: the first 32,000 bytes as hex (at most 64,000 characters)
         CASE WHEN v.payload IS NULL THEN FROM_VARBYTE(SUBSTRING(v.raw_data, 1, 32000), 'hex') END AS raw_hex
     FROM new_records AS v
@@ -167,8 +170,8 @@ judged AS (
     SELECT
         j.*,
         CASE
-            WHEN j.record_bytes > 64000 THEN 'record_too_large'
-        WHEN j.raw_json IS NULL THEN 'invalid_json'
+            WHEN j.record_bytes > 64000 OR j.payload_bytes > 65535 THEN 'record_too_large'
+            WHEN j.raw_json IS NULL THEN 'invalid_json'
             WHEN j.d IS NULL THEN 'invalid_envelope'
             WHEN j.envelope_version IS NULL OR j.envelope_version <> '1' THEN 'unsupported_envelope_version'
             WHEN j.received_at IS NULL OR j.source IS NULL OR OCTET_LENGTH(j.source) > 64 THEN 'invalid_envelope'
@@ -192,10 +195,14 @@ SELECT
     n.reason,
     n.record_bytes,
     -- the record is kept only where it is needed: for rows that go to `rejected`
-    CASE WHEN n.reason IS NOT NULL THEN CASE WHEN n.raw_json IS NULL THEN 'hex' ELSE 'json' END END AS raw_format,
+    -- (none: JSON too large to serialise; the archive has it)
+    CASE WHEN n.reason IS NOT NULL THEN
+        CASE WHEN n.raw_json IS NOT NULL THEN 'json' WHEN n.raw_hex IS NOT NULL THEN 'hex' ELSE 'none' END
+    END AS raw_format,
     CASE WHEN n.reason IS NOT NULL THEN COALESCE(n.raw_json, n.raw_hex) END AS raw_record,
     -- the key `rejected` deduplicates on: the record, or for a truncated one its start and size
-    CASE WHEN n.reason IS NOT NULL THEN MD5(COALESCE(n.raw_json, n.raw_hex || ':' || CAST(n.record_bytes AS VARCHAR)))
+    CASE WHEN n.reason IS NOT NULL THEN MD5(COALESCE(n.raw_json, n.raw_hex || ':' || CAST(n.record_bytes AS VARCHAR),
+                                                  n.shard_id || ':' || n.sequence_number))
     END AS raw_hash,
     n.message_id,
     n.type,

@@ -77,6 +77,8 @@ CORPUS: list[tuple[str, bytes, tuple[str, str]]] = [
     ("empty record", b"", ("rejected", "invalid_json")),
     ("empty message", envelope({}), ("rejected", "invalid_type")),
     ("source over 64 bytes", envelope(track("long-source"), source="s" * 100), ("rejected", "invalid_envelope")),
+    ("no message id and no request id", json.dumps({"v": 1, "source": "web", "receivedAt": RECEIVED_MS, "message": {
+        "type": "track", "event": "e", "userId": "u"}}).encode(), ("rejected", "missing_message_id")),
     ("context and properties not objects", envelope(track("not-objects", context="{oops", properties=[1])),
      ("event", "not-objects")),
 ]

@@ -183,6 +183,8 @@ judged AS (
             WHEN j.type = 'group' AND j.group_id IS NULL THEN 'missing_group_id'
             WHEN j.type = 'alias' AND j.previous_id IS NULL THEN 'missing_previous_id'
             WHEN j.type = 'alias' AND j.user_id IS NULL THEN 'missing_user_id'
+            -- no messageId and no request id to derive one from (a record not written by the gateway)
+            WHEN j.message_id IS NULL THEN 'missing_message_id'
             -- bytes, not characters: VARCHAR(100) holds 100 bytes
             WHEN OCTET_LENGTH(j.message_id) > 100 THEN 'message_id_too_long'
         END AS reason

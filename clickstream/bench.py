@@ -254,7 +254,7 @@ class LoaderFigures:
 
 
 def bench_loader(events: int = 200_000, batch: int = 50_000) -> LoaderFigures:
-    """Events merged per second into DuckDB: stream -> streaming table -> pending view -> events."""
+    """Events merged per second into DuckDB: stream -> streaming table -> staging -> events."""
     from clickstream.ingest import RequestInfo, build_records
     from clickstream.warehouse import Warehouse
 

@@ -1,13 +1,21 @@
 """The warehouse model: ``sql/redshift`` is the single source; DuckDB runs it transpiled by sqlglot.
 
 Statements are read from the files in name order, ``${name}`` placeholders are filled from
-:class:`ModelNames`, and for DuckDB each statement is transpiled from the Redshift dialect. The few
-Redshift-only statements (external schema, streaming view, REFRESH) are replaced locally by
-``sql/duckdb``: the loader fills a table with the streaming view's columns instead.
+:class:`ModelNames`, and for DuckDB each statement is transpiled from the Redshift dialect, with
+Redshift's limits compiled in as checks (:mod:`clickstream.redshift_rules`). The few Redshift-only
+statements (external schema, streaming view, REFRESH, stored procedures) are replaced locally by
+``sql/duckdb``: the loader fills a table with the streaming view's columns instead, and
+``sql/duckdb/<phase>/<file>`` replaces the Redshift file of the same name.
+
+File markers (a line in the file): ``-- clickstream: migration`` runs each statement once per
+warehouse, recorded in ``schema_migrations`` (on Redshift through the ``apply_migration``
+procedure); ``-- clickstream: transaction`` groups consecutive statements into one transaction;
+``-- clickstream: skip-if-exists`` and ``-- clickstream: redshift-only`` as described below.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import warnings
 from dataclasses import dataclass
@@ -20,8 +28,12 @@ from sqlglot import exp
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 PHASES = ("setup", "refresh")
 # Statements that only make sense on Redshift; sql/duckdb holds what replaces them locally.
-REDSHIFT_ONLY = frozenset({"setup/010_external_schema.sql", "setup/030_streaming_view.sql",
+REDSHIFT_ONLY = frozenset({"setup/010_external_schema.sql", "setup/070_streaming_view.sql",
                            "refresh/010_refresh_view.sql"})
+STREAMING_VIEW_FILE = "setup/070_streaming_view.sql"
+# Placeholders of sql/duckdb/refresh files that the local warehouse fills in at run time with
+# literals (what the Redshift procedures read before running the statement).
+RUNTIME_PLACEHOLDERS = frozenset({"watermark", "recent_since"})
 # A file holding this marker is Redshift-only as well (e.g. GRANTs): the local model skips it.
 REDSHIFT_ONLY_MARKER = "-- clickstream: redshift-only"
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
@@ -39,9 +51,11 @@ class ModelNames:
     iam_role: str = "default"
     # The database role BI tools and dbt read through (granted by setup on Redshift).
     reader_role: str = "clickstream_reader"
+    # How far back (days of received_at) the merge looks for an earlier copy of a message.
+    dedup_window_days: int = 3
 
     def values(self) -> dict[str, str]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {k: str(getattr(self, k)) for k in self.__dataclass_fields__}
 
     def validate(self) -> list[str]:
         errors = [f"{k} {v!r} must be a lower-case SQL identifier"
@@ -52,10 +66,14 @@ class ModelNames:
             errors.append(f"stream_name {self.stream_name!r} is not a Kinesis stream name")
         if "'" in self.iam_role:
             errors.append("iam_role must not contain quotes")
+        if not (isinstance(self.dedup_window_days, int) and 1 <= self.dedup_window_days <= 365):
+            errors.append(f"dedup_window_days {self.dedup_window_days!r} must be a whole number of days, 1 to 365")
         return errors
 
 
 SKIP_IF_EXISTS = "-- clickstream: skip-if-exists"
+# Each statement of a file holding this marker runs once per warehouse (see module docstring).
+MIGRATION = "-- clickstream: migration"
 # Consecutive statements from files holding this marker are sent as one BatchExecuteStatement,
 # which the Data API runs as one transaction (all or nothing).
 TRANSACTION = "-- clickstream: transaction"
@@ -71,13 +89,22 @@ class Statement:
     transaction: bool = False
     # Not part of the local (DuckDB) model.
     redshift_only: bool = False
+    # For a migration statement: its name in schema_migrations (e.g. "m002_rename_raw#1"), the
+    # checksum of its text, and the statement itself (``sql`` runs it through apply_migration).
+    migration: str = ""
+    checksum: str = ""
+    body: str = ""
 
 
-def fill(text: str, names: ModelNames) -> str:
-    values = names.values()
+def fill(text: str, names: ModelNames, extra: dict[str, str] | None = None,
+         keep: frozenset[str] = frozenset()) -> str:
+    """Fill ``${name}`` placeholders; ``keep`` names are left for the caller to fill later."""
+    values = {**names.values(), **(extra or {})}
 
     def sub(match: re.Match) -> str:
         key = match.group(1)
+        if key in keep:
+            return match.group(0)
         if key not in values:
             raise KeyError(f"unknown placeholder ${{{key}}}")
         return values[key]
@@ -85,39 +112,92 @@ def fill(text: str, names: ModelNames) -> str:
     return _PLACEHOLDER.sub(sub, text)
 
 
+def checksum(sql: str) -> str:
+    """MD5 of a statement without its comments and with whitespace collapsed (edits to comments or
+    layout do not count as a change)."""
+    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
+    return hashlib.md5(" ".join(" ".join(lines).split()).encode()).hexdigest()
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def split_statements(text: str) -> list[str]:
-    """Split a file on semicolons that end a line (our SQL files keep one statement per block)."""
-    parts = re.split(r";[ \t]*(?:\n|$)", text)
+    """Split a file on semicolons that end a line (our SQL files keep one statement per block),
+    except inside a ``$$ ... $$`` body (stored procedures and functions)."""
+    parts: list[str] = []
+    current: list[str] = []
+    in_body = False
+    for line in text.splitlines():
+        if line.count("$$") % 2:
+            in_body = not in_body
+        current.append(line)
+        if not in_body and re.search(r";[ \t]*$", line):
+            parts.append("\n".join(current))
+            current = []
+    parts.append("\n".join(current))
     out = []
     for part in parts:
         body = "\n".join(line for line in part.splitlines() if not line.strip().startswith("--")).strip()
         if body:
-            out.append(part.strip() + ";")
+            out.append(re.sub(r";[ \t]*$", "", part.strip()) + ";")
     return out
 
 
 def files(phase: str, dialect: str = "redshift") -> list[Path]:
-    return sorted((SQL_DIR / dialect / phase).glob("*.sql")) if dialect == "redshift" else sorted(
-        (SQL_DIR / "duckdb").glob("*.sql"))
+    return sorted((SQL_DIR / dialect / phase).glob("*.sql"))
+
+
+def migration_name(path: Path) -> str:
+    """``051_m002_rename_raw.sql`` -> ``m002_rename_raw`` (the file's order prefix is not part of it)."""
+    return path.stem.split("_", 1)[1]
+
+
+def streaming_view_checksum(names: ModelNames) -> str:
+    text = (SQL_DIR / "redshift" / STREAMING_VIEW_FILE).read_text()
+    return checksum("\n".join(split_statements(fill(text, names))))
 
 
 def redshift_statements(phase: str, names: ModelNames) -> list[Statement]:
     """What the Step Functions workflows send to the Redshift Data API, in order."""
     out = []
+    extra = {"streaming_view_checksum": streaming_view_checksum(names)} if phase == "setup" else {}
     for path in files(phase):
         text = path.read_text()
-        for i, sql in enumerate(split_statements(fill(text, names)), 1):
+        for i, sql in enumerate(split_statements(fill(text, names, extra)), 1):
             name = f"{phase}/{path.name}"
-            out.append(Statement(f"{name}#{i}", sql, skip_if_exists=SKIP_IF_EXISTS in text,
-                                 transaction=TRANSACTION in text,
-                                 redshift_only=name in REDSHIFT_ONLY or REDSHIFT_ONLY_MARKER in text))
+            flags = dict(skip_if_exists=SKIP_IF_EXISTS in text, transaction=TRANSACTION in text,
+                         redshift_only=name in REDSHIFT_ONLY or REDSHIFT_ONLY_MARKER in text)
+            if MIGRATION in text:
+                step, digest = f"{migration_name(path)}#{i}", checksum(sql)
+                body = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
+                call = (f"CALL {names.schema}.apply_migration({_sql_literal(step)}, {_sql_literal(digest)}, "
+                        f"{_sql_literal(body)});")
+                out.append(Statement(f"{name}#{i}", call, migration=step, checksum=digest, body=sql, **flags))
+            else:
+                out.append(Statement(f"{name}#{i}", sql, **flags))
     return out
 
 
 def _redshift_semantics(node: exp.Expression) -> exp.Expression:
-    """Fix-ups where DuckDB's function of the same name means something else."""
+    """Fix-ups where DuckDB's function of the same name means something else, and Redshift's limits
+    compiled in as checks (the macros are in ``sql/duckdb/setup/000_functions.sql``)."""
     if isinstance(node, exp.RegexpReplace) and not node.args.get("modifiers"):
         node.set("modifiers", exp.Literal.string("g"))  # Redshift replaces every match
+    if isinstance(node, exp.Anonymous) and node.name.upper() == "OCTET_LENGTH":
+        return exp.func("strlen", *node.expressions)  # bytes of a VARCHAR
+    if isinstance(node, exp.Anonymous) and node.name.upper() == "FROM_VARBYTE" \
+            and isinstance(node.expressions[0], exp.Substring):
+        sub = node.expressions[0]  # DuckDB has no SUBSTRING for BLOB
+        return exp.func("from_varbyte_substring", sub.this, sub.args["start"], sub.args["length"],
+                        *node.expressions[1:])
+    if isinstance(node, (exp.DateAdd, exp.TsOrDsAdd, exp.TimestampAdd)):
+        node.set("expression", exp.func("redshift_int32", node.expression))  # DATEADD's INTEGER
+    if isinstance(node, exp.Mul) and isinstance(node.expression, exp.Interval) \
+            and node.expression.name == "1" and node.expression.unit.name.upper() == "MILLISECOND":
+        # n * INTERVAL '1 millisecond' with a BIGINT n: DuckDB's interval product is 32-bit
+        return exp.func("to_microseconds", exp.Mul(this=exp.paren(node.this), expression=exp.Literal.number(1000)))
     return node
 
 
@@ -145,13 +225,52 @@ def _one_parse_per_object(tree: exp.Expression) -> exp.Expression:
             name = f"__json_{counter}"
             table = select.args["from_"].this
             alias = table.alias_or_name
-            extract = exp.func("json_extract_string", nodes[0].this.copy(),
+            extract = exp.func("json_extract_string", exp.func("redshift_json_text", nodes[0].this.copy()),
                                exp.Array(expressions=[n.expression.copy() for n in nodes]))
             inner = exp.select(exp.Star(), extract.as_(name)).from_(table.copy())
             select.args["from_"].set("this", inner.subquery(alias))
             for i, node in enumerate(nodes, 1):
                 node.replace(exp.func("list_extract", exp.column(name, table=alias), exp.Literal.number(i)))
+    for node in list(tree.find_all(exp.JSONExtractScalar)):  # the others: Redshift's 64 KB input limit
+        node.set("this", exp.func("redshift_json_text", node.this))
     return tree
+
+
+def _check_widths(tree: exp.Expression, widths: dict[str, dict[str, int]]) -> exp.Expression:
+    """INSERT INTO t (cols) SELECT ...: each VARCHAR(n) value checked against n bytes, as Redshift
+    does ("value too long"), instead of DuckDB's silent acceptance."""
+    if not isinstance(tree, exp.Insert) or not isinstance(tree.this, exp.Schema):
+        return tree
+    table = tree.this.this.name
+    select = tree.expression
+    if table not in widths or not isinstance(select, exp.Select):
+        return tree
+    columns = [c.name for c in tree.this.expressions]
+    for column, projection in zip(columns, list(select.expressions), strict=True):
+        width = widths[table].get(column)
+        if width is not None:
+            projection.replace(exp.func("redshift_varchar", projection.copy(), exp.Literal.number(width),
+                                        exp.Literal.string(f"{table}.{column}")))
+    return tree
+
+
+@lru_cache(maxsize=1)
+def model_widths() -> dict[str, dict[str, int]]:
+    """Table -> VARCHAR column -> byte width, from the model's CREATE TABLE and ADD COLUMN statements."""
+    from clickstream import redshift_rules
+
+    widths: dict[str, dict[str, int]] = {}
+    for stmt in redshift_statements("setup", ModelNames()):
+        if not re.search(r"^\s*(CREATE TABLE|ALTER TABLE)", stmt.body or stmt.sql, re.M):
+            continue
+        tree = redshift_rules.parse(stmt.body or stmt.sql)
+        if isinstance(tree, exp.Create | exp.Alter) and isinstance(tree.find(exp.Table), exp.Table):
+            table = widths.setdefault(tree.find(exp.Table).name, {})
+            table.update(redshift_rules.varchar_widths(tree))
+            for rename in tree.find_all(exp.RenameColumn):
+                if rename.this.name in table:
+                    table[rename.args["to"].name] = table.pop(rename.this.name)
+    return widths
 
 
 @lru_cache(maxsize=256)
@@ -159,28 +278,69 @@ def transpile(sql: str) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tree = sqlglot.parse_one(sql, read="redshift").transform(_redshift_semantics)
+        tree = _check_widths(tree, model_widths())
         tree = sqlglot.parse_one(tree.sql(dialect="duckdb", unsupported_level=sqlglot.ErrorLevel.IGNORE),
                                  read="duckdb")
         return _one_parse_per_object(tree).sql(dialect="duckdb", unsupported_level=sqlglot.ErrorLevel.IGNORE)
 
 
+_FUNCTION = re.compile(r"CREATE OR REPLACE FUNCTION (\w+)\(([^)]*(?:\([^)]*\)[^)]*)*)\).*?\$\$(.*)\$\$", re.S)
+
+
+def function_as_macro(sql: str) -> str:
+    """A Redshift scalar SQL UDF (``$1``, ``$2`` arguments) as the DuckDB macro with the same body."""
+    match = _FUNCTION.search(sql)
+    if match is None:
+        raise ValueError(f"not a scalar SQL function: {sql[:80]}")
+    name, body = match.group(1), match.group(3)
+    tree = sqlglot.parse_one(body, read="redshift")
+
+    def arguments(node: exp.Expression) -> exp.Expression:
+        return exp.column(f"a{node.name}") if isinstance(node, exp.Parameter) else node
+
+    def integer_division(node: exp.Expression) -> exp.Expression:  # INTEGER / INTEGER in Redshift
+        return exp.IntDiv(this=node.this, expression=node.expression) if isinstance(node, exp.Div) else node
+
+    expr = tree.expressions[0].transform(arguments).transform(integer_division).transform(_redshift_semantics)
+    count = len(set(re.findall(r"\$(\d+)", body)))
+    args = ", ".join(f"a{i}" for i in range(1, count + 1))
+    return f"CREATE OR REPLACE MACRO {name}({args}) AS {expr.sql(dialect='duckdb')};"
+
+
 def duckdb_statements(phase: str, names: ModelNames) -> list[Statement]:
-    """The same model for DuckDB: Redshift statements transpiled, Redshift-only ones replaced."""
-    out: list[Statement] = []
-    if phase == "setup":
-        for path in files(phase, "duckdb"):
+    """The same model for DuckDB: Redshift statements transpiled, Redshift-only ones left out, and
+    ``sql/duckdb/<phase>/<file>`` in place of the Redshift file of the same name."""
+    local = {path.name: path for path in files(phase, "duckdb")}
+    extras: list[Statement] = []
+    for path in local.values():
+        if not (SQL_DIR / "redshift" / phase / path.name).exists():  # additions, run after the schema
             for i, sql in enumerate(split_statements(fill(path.read_text(), names)), 1):
-                out.append(Statement(f"duckdb/{path.name}#{i}", sql))
-    staging = f"{names.schema}.staging"
+                extras.append(Statement(f"duckdb/{phase}/{path.name}#{i}", sql))
+    out: list[Statement] = []
+    replaced: set[str] = set()
     for stmt in redshift_statements(phase, names):
+        file = stmt.name.split("/", 1)[1].split("#")[0]
+        if file in local:
+            if file not in replaced:
+                replaced.add(file)
+                text = local[file].read_text()
+                out += [Statement(f"duckdb/{phase}/{file}#{i}", sql, transaction=stmt.transaction)
+                        for i, sql in enumerate(split_statements(fill(text, names, keep=RUNTIME_PLACEHOLDERS)), 1)]
+            continue
         if stmt.redshift_only:
             continue
-        sql = transpile(stmt.sql)
-        # Locally the per-run snapshot lives in memory: a TEMP table is never written to the file,
-        # which roughly halves what each merge makes DuckDB checkpoint.
-        sql = sql.replace(f"CREATE TABLE {staging}", "CREATE TEMP TABLE staging").replace(staging, "temp.main.staging")
-        out.append(Statement(stmt.name, sql))
+        source = stmt.body or stmt.sql
+        if source.lstrip().upper().startswith("CREATE OR REPLACE FUNCTION") or "\nCREATE OR REPLACE FUNCTION" in source:
+            sql = function_as_macro(source)
+        else:
+            # A Redshift TEMP table ends with the Data API session; the local connection lives on.
+            sql = transpile(source).replace("CREATE TEMPORARY TABLE", "CREATE OR REPLACE TEMPORARY TABLE", 1)
+        out.append(Statement(stmt.name, sql, transaction=stmt.transaction, migration=stmt.migration,
+                             checksum=stmt.checksum, body=stmt.body))
     if phase == "setup":
-        # duckdb/ files must come after the schema exists: schema first, then the rest in order.
-        out.sort(key=lambda s: (0 if s.name.startswith("setup/020_schema") else 1))
+        # duckdb/ additions must come after the schema exists and before the rest.
+        at = next(i for i, s in enumerate(out) if s.name.startswith("setup/020_schema")) + 1
+        out[at:at] = extras
+    else:
+        out += extras
     return out

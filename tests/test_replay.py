@@ -54,7 +54,7 @@ def archived_dir(tmp_path: Path) -> Path:
 def snapshot(wh: Warehouse) -> dict[str, list]:
     out = {}
     for table, cols in [("events", 'message_id, type, source, user_id, event, received_at, "timestamp", traits'),
-                        ("rejected", "reason, raw"), ("users", "id, traits")]:
+                        ("rejected", "reason, raw_record"), ("users", "id, traits")]:
         out[table] = wh.query(f"SELECT {cols} FROM clickstream.{table} ORDER BY 1, 2")[1]
     return out
 

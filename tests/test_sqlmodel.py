@@ -8,37 +8,78 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from clickstream.sqlmodel import ModelNames, duckdb_statements, fill, redshift_statements, split_statements
+from clickstream import redshift_rules
+from clickstream.sqlmodel import (
+    ModelNames,
+    duckdb_statements,
+    model_widths,
+    redshift_statements,
+    split_statements,
+)
 
 NAMES = ModelNames(schema="analytics", mv="events_stream", kinesis_schema="kds", stream_name="my-stream",
                    iam_role="arn:aws:iam::123456789012:role/redshift-streaming")
 
 
 @pytest.mark.parametrize("phase", ["setup", "refresh"])
-def test_every_redshift_statement_parses(phase):
+def test_every_redshift_statement_passes_the_strict_checks(phase):
+    """Parses with sqlglot's Redshift dialect (or is a known command form), no reserved word as an
+    identifier, valid VARCHAR widths, DATEADD only with a literal INTEGER interval."""
     statements = redshift_statements(phase, NAMES)
     assert statements
     for stmt in statements:
         assert "${" not in stmt.sql, stmt.name
-        tree = sqlglot.parse_one(stmt.sql, read="redshift")
-        assert tree is not None, stmt.name
+        violations = redshift_rules.lint(stmt.name, stmt.sql)
+        if stmt.body:  # a migration: its statement is checked too, not only the CALL around it
+            violations += redshift_rules.lint(stmt.name, stmt.body)
+        assert violations == [], "\n".join(map(str, violations))
 
 
-def test_placeholders_are_filled_and_unknown_ones_refused():
-    setup = "\n".join(s.sql for s in redshift_statements("setup", NAMES))
-    assert "CREATE EXTERNAL SCHEMA IF NOT EXISTS kds" in setup
-    assert "IAM_ROLE 'arn:aws:iam::123456789012:role/redshift-streaming'" in setup
-    assert 'FROM kds."my-stream"' in setup and "CREATE MATERIALIZED VIEW analytics.events_stream" in setup
-    with pytest.raises(KeyError):
-        fill("${nope}", NAMES)
+@pytest.mark.parametrize("sql,expected", [
+    ("SELECT raw FROM t", "reserved word used as identifier: raw"),
+    ("CREATE TABLE t (tag VARCHAR(10))", "reserved word used as identifier: tag"),
+    ('SELECT "user" FROM t', 'reserved word used as identifier: "user"'),
+    ("CALL s.p('x', raw)", "reserved word used as identifier: raw"),
+    ("SELECT DATEADD(ms, t.received_ms, t.ts) FROM t", "DATEADD interval t.received_ms is not a literal INTEGER"),
+    ("SELECT DATEADD(ms, 1800000000000, ts) FROM t", "DATEADD interval 1800000000000 is not a literal INTEGER"),
+    ("CREATE TABLE t (a VARCHAR(65536))", "VARCHAR(65536) for a: width must be 1..65535 bytes"),
+    ("SELEC 1 FROM", "does not parse as Redshift"),
+])
+def test_strict_checks_refuse_what_redshift_refuses(sql, expected):
+    assert any(expected in v.message for v in redshift_rules.lint("t", sql)), redshift_rules.lint("t", sql)
+    assert redshift_rules.lint("t", 'SELECT "timestamp", DATEADD(ms, 5, ts) FROM t') == []
 
 
-def test_refresh_sends_refresh_first_then_merge_steps_in_order():
-    names = [s.name for s in redshift_statements("refresh", NAMES)]
-    assert names == ["refresh/010_refresh_view.sql#1", "refresh/020_set_target.sql#1",
-                     "refresh/025_stage_pending.sql#1", "refresh/025_stage_pending.sql#2",
-                     "refresh/030_merge_rejected.sql#1", "refresh/040_merge_events.sql#1",
-                     "refresh/050_advance_watermark.sql#1"]
+def test_reserved_word_list_is_the_documented_one():
+    words = redshift_rules.RESERVED_WORDS
+    assert len(words) == 156  # as listed on r_pg_keywords
+    assert {"RAW", "OFFSET", "OPEN", "NEW", "OLD", "TAG", "TIMESTAMP", "USER", "SNAPSHOT", "SYSTEM", "PARTITION",
+            "PERCENT", "TOP", "WALLET"} <= words
+
+
+def test_final_columns_use_no_reserved_word_but_timestamp():
+    """After the migrations, only Segment's "timestamp" is a reserved word (raw became raw_record)."""
+    columns = {c for cols in model_widths().values() for c in cols}  # VARCHAR columns, renames applied
+    for stmt in redshift_statements("setup", NAMES):
+        sql = stmt.body or stmt.sql
+        if re.search(r"^(CREATE|ALTER) TABLE", sql, re.M):
+            columns |= {c.name for c in sqlglot.parse_one(sql, read="redshift").find_all(exp.ColumnDef)}
+    columns -= {"raw"} if "raw_record" in model_widths()["rejected"] else set()
+    assert {c.upper() for c in columns} & redshift_rules.RESERVED_WORDS == {"TIMESTAMP"}
+
+
+def test_refresh_sends_refresh_alone_then_the_merge_as_one_transaction():
+    statements = redshift_statements("refresh", NAMES)
+    assert [(s.name, s.transaction) for s in statements] == [
+        ("refresh/010_refresh_view.sql#1", False),
+        ("refresh/020_stage_new_records.sql#1", True), ("refresh/030_stage_events.sql#1", True),
+        ("refresh/040_stage_recent_keys.sql#1", True), ("refresh/050_merge_rejected.sql#1", True),
+        ("refresh/060_merge_events.sql#1", True), ("refresh/070_advance_watermark.sql#1", True)]
+    merge = "\n".join(s.sql for s in statements[1:])
+    # TEMP staging (lives as long as the transaction's session), literal bounds through procedures
+    assert "CREATE TEMP TABLE staging" in merge and "CALL analytics.stage_new_records()" in merge
+    assert f"CALL analytics.stage_recent_keys({NAMES.dedup_window_days})" in merge
+    assert "load_state" not in statements[2].sql, "the staging step must not join the watermark table"
 
 
 def _columns_of_create(sql: str) -> list[str]:
@@ -46,20 +87,23 @@ def _columns_of_create(sql: str) -> list[str]:
     return [c.name for c in tree.find_all(exp.ColumnDef)]
 
 
-def test_events_table_pending_view_and_merge_agree_on_columns():
-    setup = {s.name: s.sql for s in redshift_statements("setup", NAMES)}
-    events_cols = _columns_of_create(setup["setup/040_tables.sql#1"])
-    merge = next(s.sql for s in redshift_statements("refresh", NAMES) if "040_merge_events" in s.name)
+def test_events_table_staging_and_merge_agree_on_columns():
+    setup = {s.name: s.body or s.sql for s in redshift_statements("setup", NAMES)}
+    events_cols = _columns_of_create(setup["setup/050_m001_initial_tables.sql#1"])
+    events_cols += [c for name, sql in setup.items() if "m003" in name and ".events " in sql
+                    for c in _columns_of_create(sql)]
+    assert events_cols[-2:] == ["context", "batch_context"]
+    merge = next(s.sql for s in redshift_statements("refresh", NAMES) if "060_merge_events" in s.name)
     insert = sqlglot.parse_one(merge, read="redshift")
     insert_cols = [c.name for c in insert.this.expressions]
     assert insert_cols == events_cols
-    pending = sqlglot.parse_one(setup["setup/050_pending_view.sql#1"], read="redshift")
-    pending_cols = set(pending.expression.named_selects)
-    assert set(events_cols) - {"sequence_number", "loaded_at"} <= pending_cols
+    staging = next(s.sql for s in redshift_statements("refresh", NAMES) if "030_stage_events" in s.name)
+    staging_cols = set(sqlglot.parse_one(staging, read="redshift").expression.named_selects)
+    assert set(events_cols) - {"sequence_number", "loaded_at"} <= staging_cols
 
 
 def test_segment_views_use_segment_column_names():
-    views = next(s.sql for s in redshift_statements("setup", NAMES) if s.name == "setup/060_segment_views.sql#1")
+    views = next(s.sql for s in redshift_statements("setup", NAMES) if s.name == "setup/080_segment_views.sql#1")
     cols = sqlglot.parse_one(views, read="redshift").expression.named_selects
     for name in ("id", "anonymous_id", "user_id", "event", "event_text", "received_at", "sent_at",
                  "original_timestamp", "timestamp", "context_ip", "context_user_agent", "context_page_url",
@@ -68,14 +112,16 @@ def test_segment_views_use_segment_column_names():
         assert name in cols
 
 
-def test_setup_is_idempotent_on_duckdb():
-    import duckdb
+def test_setup_is_idempotent_on_duckdb(tmp_path):
+    from clickstream.warehouse import Warehouse
 
-    conn = duckdb.connect()
     for _ in range(2):
-        for stmt in duckdb_statements("setup", NAMES):
-            conn.execute(stmt.sql)
-    assert conn.execute("SELECT COUNT(*) FROM analytics.load_state").fetchone()[0] == 1
+        wh = Warehouse(tmp_path / "w.duckdb", NAMES)
+        assert wh.query("SELECT COUNT(*) FROM analytics.load_state")[1] == [(1,)]
+        applied = wh.applied_migrations()
+        wh.close()
+    assert applied == sorted(s.migration for s in redshift_statements("setup", NAMES)
+                             if s.migration and not s.redshift_only)
 
 
 def test_redshift_only_statements_are_not_sent_to_duckdb():
@@ -93,7 +139,7 @@ def test_sql_lists_agree_with_the_contract():
     """The model repeats two contract facts as SQL literals; this keeps them equal."""
     from clickstream import contract
 
-    pending = next(s.sql for s in redshift_statements("setup", NAMES) if "050_pending_view" in s.name)
+    pending = next(s.sql for s in redshift_statements("refresh", NAMES) if "030_stage_events" in s.name)
     types = re.search(r"\w\.type NOT IN \(([^)]*)\)", pending).group(1)
     assert [t.strip(" '") for t in types.split(",")] == list(contract.MESSAGE_TYPES)
     routes = re.search(r"o\.route IN \(([^)]*)\)", pending).group(1)
@@ -119,3 +165,21 @@ def test_file_markers_set_statement_flags(tmp_path, monkeypatch):
     ]
     assert [s.name for s in sqlmodel.duckdb_statements("refresh", sqlmodel.ModelNames())] == [
         "refresh/010_plain.sql#1", "refresh/020_merge.sql#1", "refresh/020_merge.sql#2"]
+
+
+@pytest.mark.parametrize("width", [1, 3, 64, 100, 1024])
+def test_truncation_function_is_byte_safe_and_matches_the_reference(width):
+    """f_clickstream_truncate (the Redshift SQL UDF, run as the DuckDB macro made from it) never
+    exceeds n bytes, never splits a character, and keeps n characters of ASCII."""
+    import duckdb
+
+    conn = duckdb.connect()
+    setup = duckdb_statements("setup", NAMES)
+    conn.execute(next(s.sql for s in setup if s.name.startswith("setup/047_functions")))
+    samples = ["", "a" * 2000, "é" * 900, "日本語" * 500, "😀" * 400, "a" + "é" * 700, "ab😀" * 300, "x" * width]
+    for text in samples:
+        [(out,)] = conn.execute("SELECT f_clickstream_truncate(?, ?)", [text, width]).fetchall()
+        assert out == redshift_rules.truncate_utf8(text, width)
+        assert len(out.encode()) <= width and text.startswith(out)
+        if text.isascii():
+            assert out == text[:width]

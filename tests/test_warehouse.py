@@ -127,8 +127,9 @@ def test_hostile_records_are_rejected_with_reason(live_pipeline):
         "missing_user_id_and_anonymous_id", "missing_event", "invalid_type", "missing_previous_id",
         "missing_group_id", "message_id_too_long", "invalid_json", "invalid_json", "invalid_envelope",
         "invalid_envelope"])
-    [bad] = live_pipeline.query("SELECT * FROM clickstream.rejected WHERE raw_format = 'hex' AND raw LIKE '7468%'")
-    assert bytes.fromhex(bad["raw"]) == b"this is not json\n"
+    [bad] = live_pipeline.query(
+        "SELECT * FROM clickstream.rejected WHERE raw_format = 'hex' AND raw_record LIKE '7468%'")
+    assert bytes.fromhex(bad["raw_record"]) == b"this is not json\n"
     [survivor] = live_pipeline.query("SELECT * FROM clickstream.tracks")
     assert survivor["id"] == "survivor" and survivor["original_timestamp"] is None and survivor["properties"] is None
 
@@ -151,4 +152,76 @@ def test_merge_is_idempotent_and_reload_of_same_records_changes_nothing(tmp_path
     assert wh.query("SELECT COUNT(*) FROM clickstream.rejected")[1][0][0] == len(before["rejected"]) == 1
     _, rows = wh.query("SELECT * FROM clickstream.users ORDER BY 1")
     assert [r[0] for r in rows] == [u["id"] for u in before["users"]]
+    wh.close()
+
+
+def _envelope(source: str, message_id: str, received_ms: int, event: str = "E") -> bytes:
+    return json.dumps({"v": 1, "source": source, "receivedAt": received_ms, "requestId": f"r-{received_ms}",
+                       "index": 0, "route": "batch", "batch": {},
+                       "message": {"type": "track", "event": event, "userId": "u", "messageId": message_id}}).encode()
+
+
+def _load(wh: Warehouse, data_dir, records: list[bytes]) -> None:
+    stream = LocalStream(data_dir)
+    try:
+        stream.put([Record(f"k{i}", data) for i, data in enumerate(records)])
+        wh.load_from(stream)
+    finally:
+        stream.close()
+
+
+DAY_MS = 86_400_000
+T0 = 1_764_460_800_000  # 2025-11-30T00:00:00Z
+
+
+def test_dedup_within_one_load_keeps_the_earliest_received_copy(tmp_path):
+    """Both copies in ONE load (one merge): the copy received first wins, whatever the stream order."""
+    wh = Warehouse(tmp_path / "w.duckdb")
+    _load(wh, tmp_path, [_envelope("web", "m-1", T0 + 5000, event="retry"), _envelope("web", "m-1", T0, event="first")])
+    assert wh.stats.merges == 1
+    _, rows = wh.query("SELECT message_id, event_text, received_at FROM clickstream.events")
+    assert rows == [("m-1", "first", dt.datetime(2025, 11, 30, tzinfo=UTC))]
+    wh.close()
+
+
+def test_same_message_id_from_two_sources_is_two_events(tmp_path):
+    """A message id first sent with the public web key must not suppress the server's event."""
+    wh = Warehouse(tmp_path / "w.duckdb")
+    _load(wh, tmp_path, [_envelope("web", "order-42", T0)])
+    _load(wh, tmp_path, [_envelope("backend", "order-42", T0 + 1000), _envelope("web", "order-42", T0 + 2000)])
+    _, rows = wh.query("SELECT source, message_id FROM clickstream.events ORDER BY source")
+    assert rows == [("backend", "order-42"), ("web", "order-42")]
+    wh.close()
+
+
+def test_dedup_window_bounds_how_far_back_a_copy_is_found(tmp_path):
+    from clickstream.sqlmodel import ModelNames
+
+    wh = Warehouse(tmp_path / "w.duckdb", ModelNames(dedup_window_days=3))
+    _load(wh, tmp_path, [_envelope("web", "w-1", T0)])
+    _load(wh, tmp_path, [_envelope("web", "w-1", T0 + 2 * DAY_MS)])  # within 3 days: a duplicate
+    assert wh.query("SELECT COUNT(*) FROM clickstream.events")[1] == [(1,)]
+    _load(wh, tmp_path, [_envelope("web", "w-1", T0 + 4 * DAY_MS)])  # beyond the window: loaded again
+    assert wh.query("SELECT COUNT(*) FROM clickstream.events")[1] == [(2,)]
+    wh.close()
+
+
+def test_a_failed_merge_keeps_nothing_and_the_next_merge_redoes_it(tmp_path):
+    """Inserts and the watermark move together (on Redshift: one BatchExecuteStatement)."""
+    import dataclasses
+
+    import pytest
+
+    wh = Warehouse(tmp_path / "w.duckdb")
+    statements = list(wh._merge)
+    last = statements[-1]
+    assert "load_state" in last.sql
+    wh._merge = [*statements[:-1], dataclasses.replace(last, sql="SELECT error('merge interrupted')")]
+    with pytest.raises(Exception, match="merge interrupted"):
+        _load(wh, tmp_path, [_envelope("web", "a-1", T0), b"not json"])
+    counts = "SELECT (SELECT COUNT(*) FROM clickstream.events), (SELECT COUNT(*) FROM clickstream.rejected)"
+    assert wh.query(counts)[1] == [(0, 0)]
+    wh._merge = statements
+    wh.merge()
+    assert wh.query(counts)[1] == [(1, 1)]
     wh.close()

@@ -57,7 +57,8 @@ class FakeRedshift:
                 db_user=self._get_param("DbUser"), query_parameters=[], query_string="\n".join(sqls),
                 secret_arn=self._get_param("SecretArn"))
             fake.params.append({"database": statement.database, "workgroup": self._get_param("WorkgroupName"),
-                                "statement_name": self._get_param("StatementName")})
+                                "cluster_identifier": statement.cluster_identifier,
+                                "secret_arn": statement.secret_arn, "statement_name": self._get_param("StatementName")})
             self.redshiftdata_backend.statements[statement.id] = statement
             return 200, {}, json.dumps({"Id": statement.id, "Database": statement.database})
 
@@ -269,7 +270,8 @@ def test_failed_statement_fails_the_execution_with_its_name_and_error(sfn, monke
     history = sfn.get_execution_history(executionArn=result["executionArn"])["events"]
     failure = json.dumps([e for e in history if "Failed" in e["type"]], default=str)
     assert "StatementFailed" in failure
-    assert "setup/040_tables.sql#1 failed: " in failure and "permission denied for schema clickstream" in failure
+    assert "setup/050_m001_initial_tables.sql#1 failed: " in failure
+    assert "permission denied for schema clickstream" in failure
     # nothing after the failed statement was sent
     assert redshift.executed[-1].startswith("-- One row per message") or "clickstream.events" in redshift.executed[-1]
     assert not any("CREATE OR REPLACE VIEW" in sql for sql in redshift.executed)

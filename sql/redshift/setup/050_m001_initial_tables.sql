@@ -1,4 +1,8 @@
--- One row per message, deduplicated by message_id. Segment's column names.
+-- clickstream: migration
+-- The tables as the first version created them (before versioned migrations). On a warehouse that
+-- has them, each statement changes nothing (IF NOT EXISTS) and is recorded as applied; later
+-- migrations change them. `raw` is a reserved word: quoted here, renamed by m002.
+-- One row per message. Segment's column names.
 CREATE TABLE IF NOT EXISTS ${schema}.events (
     message_id VARCHAR(100) NOT NULL,
     type VARCHAR(16) NOT NULL,
@@ -49,7 +53,7 @@ CREATE TABLE IF NOT EXISTS ${schema}.rejected (
     received_at TIMESTAMPTZ,
     sequence_number VARCHAR(128),
     raw_format VARCHAR(8) NOT NULL,
-    raw VARCHAR(65535),
+    "raw" VARCHAR(65535),
     raw_hash VARCHAR(32) NOT NULL,
     loaded_at TIMESTAMPTZ NOT NULL
 );

@@ -1,5 +1,5 @@
--- The Segment semantics of the model, in one place: what each pending streaming-view row becomes.
--- Pending = merged by no run yet: refresh_time in (watermark, target] of load_state.
+-- clickstream: transaction
+-- The Segment semantics of the model, in one place: what each new streaming-view row becomes.
 --   * batch-level context is merged under the message's own: per top-level context key, the
 --     message's value wins when the message has that key (Segment's shallow merge);
 --   * receivedAt from the gateway, originalTimestamp = the client's timestamp,
@@ -7,21 +7,28 @@
 --   * messageId, when the client sent none, is derived from the request id and position, so
 --     re-reading the same record (replay, retry of the merge) gives the same id;
 --   * context.ip comes from the request for client-side libraries, or when context.direct is true;
+--   * values longer than their column are truncated byte-safely (f_clickstream_truncate), as
+--     Segment truncates; a message id is never truncated (it is the deduplication key);
 --   * reason is non-null when the row cannot be an event: it then goes to `rejected`.
+-- No input can make it fail: records over 64,000 bytes are never parsed (the streaming view keeps
+-- their bytes), JSON functions only see text under 64 KB, and times are computed in BIGINT
+-- milliseconds, never through a 32-bit DATEADD interval.
 -- Each layer extracts every JSON value exactly once (JSON text is parsed per extraction), and only
 -- JSON objects are navigated further, so a string like "{oops" cannot break the merge.
-CREATE OR REPLACE VIEW ${schema}.pending AS
-WITH w AS (
-    SELECT watermark, target FROM ${schema}.load_state WHERE name = 'events'
-),
-r AS (
+CREATE TEMP TABLE staging AS
+WITH r AS (
     SELECT
+        v.shard_id,
         v.sequence_number,
         v.refresh_time,
-        CASE WHEN v.payload IS NOT NULL THEN JSON_SERIALIZE(v.payload) END AS raw_json,
-        CASE WHEN v.payload IS NULL THEN FROM_VARBYTE(v.raw_data, 'hex') END AS raw_hex
-    FROM ${schema}.${mv} AS v
-    JOIN w ON v.refresh_time > w.watermark AND v.refresh_time <= w.target
+        v.record_bytes,
+        -- JSON_SIZE has no size limit; JSON_SERIALIZE fails beyond 65,535 bytes, and a record's
+        -- serialised form may be longer than the record (e.g. numbers written with exponents)
+        JSON_SIZE(v.payload) AS payload_bytes,
+        CASE WHEN JSON_SIZE(v.payload) <= 65535 THEN JSON_SERIALIZE(v.payload) END AS raw_json,
+        -- bytes that are not JSON: the first 32,000 bytes as hex (at most 64,000 characters)
+        CASE WHEN v.payload IS NULL THEN FROM_VARBYTE(SUBSTRING(v.raw_data, 1, 32000), 'hex') END AS raw_hex
+    FROM new_records AS v
 ),
 e AS (
     SELECT r.*, CASE WHEN r.raw_json LIKE '{%' THEN r.raw_json END AS d FROM r
@@ -126,7 +133,10 @@ ctx_obj AS (
             WHEN ctx.traits_text LIKE '{%' AND CAN_JSON_PARSE(ctx.traits_text) THEN ctx.traits_text
             WHEN ctx.ctx_traits LIKE '{%' AND CAN_JSON_PARSE(ctx.ctx_traits) THEN ctx.ctx_traits
         END AS traits,
-        DATEADD(ms, ctx.received_ms, CAST('1970-01-01 00:00:00' AS TIMESTAMP)) AS received_at,
+        -- BIGINT milliseconds times an interval: DATEADD takes a 32-bit interval. Year 1 to 9999 only.
+        CASE WHEN ctx.received_ms BETWEEN -62135596800000 AND 253402300799999
+            THEN CAST('1970-01-01 00:00:00' AS TIMESTAMP) + ctx.received_ms * INTERVAL '1 millisecond'
+        END AS received_at,
         CASE WHEN ctx.timestamp_text ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}'
             THEN TRY_CAST(ctx.timestamp_text AS TIMESTAMPTZ) END AS original_timestamp,
         CASE WHEN ctx.sent_at_text ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}'
@@ -148,6 +158,7 @@ n AS (
         JSON_EXTRACT_PATH_TEXT(o.campaign, 'medium') AS campaign_medium,
         JSON_EXTRACT_PATH_TEXT(o.campaign, 'term') AS campaign_term,
         JSON_EXTRACT_PATH_TEXT(o.campaign, 'content') AS campaign_content,
+        TRIM(BOTH '_' FROM REGEXP_REPLACE(LOWER(o.event_text), '[^a-z0-9]+', '_')) AS event_name,
         -- Segment's client-side libraries: their events get the request's IP and user agent.
         o.route IN ('t', 'i', 'p', 's', 'g', 'a', 'b') OR o.ctx_direct = 'true'
             OR JSON_EXTRACT_PATH_TEXT(o.library, 'name') IN (
@@ -159,10 +170,11 @@ judged AS (
     SELECT
         j.*,
         CASE
+            WHEN j.record_bytes > 64000 OR j.payload_bytes > 65535 THEN 'record_too_large'
             WHEN j.raw_json IS NULL THEN 'invalid_json'
             WHEN j.d IS NULL THEN 'invalid_envelope'
             WHEN j.envelope_version IS NULL OR j.envelope_version <> '1' THEN 'unsupported_envelope_version'
-            WHEN j.received_ms IS NULL OR j.source IS NULL THEN 'invalid_envelope'
+            WHEN j.received_at IS NULL OR j.source IS NULL OR OCTET_LENGTH(j.source) > 64 THEN 'invalid_envelope'
             WHEN j.m IS NULL THEN 'invalid_message'
             WHEN j.type IS NULL OR j.type NOT IN ('identify', 'track', 'page', 'screen', 'group', 'alias')
                 THEN 'invalid_type'
@@ -171,55 +183,76 @@ judged AS (
             WHEN j.type = 'group' AND j.group_id IS NULL THEN 'missing_group_id'
             WHEN j.type = 'alias' AND j.previous_id IS NULL THEN 'missing_previous_id'
             WHEN j.type = 'alias' AND j.user_id IS NULL THEN 'missing_user_id'
-            WHEN LEN(j.message_id) > 100 THEN 'message_id_too_long'
+            -- no messageId and no request id to derive one from (a record not written by the gateway)
+            WHEN j.message_id IS NULL THEN 'missing_message_id'
+            -- bytes, not characters: VARCHAR(100) holds 100 bytes
+            WHEN OCTET_LENGTH(j.message_id) > 100 THEN 'message_id_too_long'
         END AS reason
     FROM n AS j
 )
 SELECT
+    n.shard_id,
     n.sequence_number,
     n.refresh_time,
     n.reason,
-    -- the raw record is kept only where it is needed: for rows that go to `rejected`
-    CASE WHEN n.reason IS NOT NULL THEN CASE WHEN n.raw_json IS NULL THEN 'hex' ELSE 'json' END END AS raw_format,
-    CASE WHEN n.reason IS NOT NULL THEN COALESCE(n.raw_json, n.raw_hex) END AS raw,
+    n.record_bytes,
+    -- the record is kept only where it is needed: for rows that go to `rejected`
+    -- (none: JSON too large to serialise; the archive has it)
+    CASE WHEN n.reason IS NOT NULL THEN
+        CASE WHEN n.raw_json IS NOT NULL THEN 'json' WHEN n.raw_hex IS NOT NULL THEN 'hex' ELSE 'none' END
+    END AS raw_format,
+    CASE WHEN n.reason IS NOT NULL THEN COALESCE(n.raw_json, n.raw_hex) END AS raw_record,
+    -- the key `rejected` deduplicates on: the record, or for a truncated one its start and size
+    CASE WHEN n.reason IS NOT NULL THEN MD5(COALESCE(n.raw_json, n.raw_hex || ':' || CAST(n.record_bytes AS VARCHAR),
+                                                  n.shard_id || ':' || n.sequence_number))
+    END AS raw_hash,
     n.message_id,
     n.type,
     n.source,
-    n.anonymous_id,
-    n.user_id,
-    TRIM(BOTH '_' FROM REGEXP_REPLACE(LOWER(n.event_text), '[^a-z0-9]+', '_')) AS event,
-    n.event_text,
-    n.name,
-    n.category,
-    n.group_id,
-    n.previous_id,
+    f_clickstream_truncate(n.anonymous_id, 1024) AS anonymous_id,
+    f_clickstream_truncate(n.user_id, 1024) AS user_id,
+    f_clickstream_truncate(n.event_name, 1024) AS event,
+    f_clickstream_truncate(n.event_text, 1024) AS event_text,
+    f_clickstream_truncate(n.name, 1024) AS name,
+    f_clickstream_truncate(n.category, 1024) AS category,
+    f_clickstream_truncate(n.group_id, 1024) AS group_id,
+    f_clickstream_truncate(n.previous_id, 1024) AS previous_id,
     n.received_at,
     n.sent_at,
     n.original_timestamp,
     CASE
+        -- skew correction in BIGINT milliseconds; a result outside year 1..9999 falls back to received_at
+        WHEN n.received_at IS NULL THEN NULL  -- a rejected row; received_ms may be anything
         WHEN n.original_timestamp IS NOT NULL AND n.sent_at IS NOT NULL
-            THEN DATEADD(ms, -DATEDIFF(ms, n.original_timestamp, n.sent_at), n.received_at)
+            AND n.received_ms - DATEDIFF(ms, n.original_timestamp, n.sent_at)
+                BETWEEN -62135596800000 AND 253402300799999
+            THEN CAST('1970-01-01 00:00:00' AS TIMESTAMP)
+                + (n.received_ms - DATEDIFF(ms, n.original_timestamp, n.sent_at)) * INTERVAL '1 millisecond'
+        WHEN n.original_timestamp IS NOT NULL AND n.sent_at IS NOT NULL THEN n.received_at
         WHEN n.original_timestamp IS NOT NULL THEN n.original_timestamp
         ELSE n.received_at
     END AS "timestamp",
-    COALESCE(n.ctx_ip, CASE WHEN n.client_side THEN n.request_ip END) AS context_ip,
-    COALESCE(n.ctx_user_agent, CASE WHEN n.client_side THEN n.request_user_agent END) AS context_user_agent,
-    n.page_url AS context_page_url,
-    n.page_path AS context_page_path,
-    n.page_title AS context_page_title,
-    n.page_referrer AS context_page_referrer,
-    n.page_search AS context_page_search,
-    n.library_name AS context_library_name,
-    n.library_version AS context_library_version,
-    n.ctx_locale AS context_locale,
-    n.ctx_timezone AS context_timezone,
-    n.campaign_name AS context_campaign_name,
-    n.campaign_source AS context_campaign_source,
-    n.campaign_medium AS context_campaign_medium,
-    n.campaign_term AS context_campaign_term,
-    n.campaign_content AS context_campaign_content,
+    f_clickstream_truncate(COALESCE(n.ctx_ip, CASE WHEN n.client_side THEN n.request_ip END), 64) AS context_ip,
+    f_clickstream_truncate(COALESCE(n.ctx_user_agent, CASE WHEN n.client_side THEN n.request_user_agent END), 4096)
+        AS context_user_agent,
+    f_clickstream_truncate(n.page_url, 4096) AS context_page_url,
+    f_clickstream_truncate(n.page_path, 4096) AS context_page_path,
+    f_clickstream_truncate(n.page_title, 4096) AS context_page_title,
+    f_clickstream_truncate(n.page_referrer, 4096) AS context_page_referrer,
+    f_clickstream_truncate(n.page_search, 4096) AS context_page_search,
+    f_clickstream_truncate(n.library_name, 256) AS context_library_name,
+    f_clickstream_truncate(n.library_version, 256) AS context_library_version,
+    f_clickstream_truncate(n.ctx_locale, 64) AS context_locale,
+    f_clickstream_truncate(n.ctx_timezone, 64) AS context_timezone,
+    f_clickstream_truncate(n.campaign_name, 1024) AS context_campaign_name,
+    f_clickstream_truncate(n.campaign_source, 1024) AS context_campaign_source,
+    f_clickstream_truncate(n.campaign_medium, 1024) AS context_campaign_medium,
+    f_clickstream_truncate(n.campaign_term, 1024) AS context_campaign_term,
+    f_clickstream_truncate(n.campaign_content, 1024) AS context_campaign_content,
     n.properties,
     n.traits,
-    n.request_id,
-    n.request_ip
+    n.mc AS context,
+    n.bc AS batch_context,
+    f_clickstream_truncate(n.request_id, 128) AS request_id,
+    f_clickstream_truncate(n.request_ip, 64) AS request_ip
 FROM judged AS n;

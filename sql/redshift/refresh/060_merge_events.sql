@@ -1,4 +1,6 @@
--- New events, deduplicated by message_id against each other and against what is loaded.
+-- clickstream: transaction
+-- New events, deduplicated by (source, message_id): against each other (the earliest received copy
+-- wins) and against the events loaded within the deduplication window (recent_keys).
 INSERT INTO ${schema}.events (
     message_id, type, source, anonymous_id, user_id, event, event_text, name, category, group_id, previous_id,
     received_at, sent_at, original_timestamp, "timestamp",
@@ -6,7 +8,7 @@ INSERT INTO ${schema}.events (
     context_page_referrer, context_page_search, context_library_name, context_library_version,
     context_locale, context_timezone, context_campaign_name, context_campaign_source,
     context_campaign_medium, context_campaign_term, context_campaign_content,
-    properties, traits, request_id, request_ip, sequence_number, loaded_at
+    properties, traits, request_id, request_ip, sequence_number, loaded_at, context, batch_context
 )
 SELECT
     message_id, type, source, anonymous_id, user_id, event, event_text, name, category, group_id, previous_id,
@@ -15,13 +17,15 @@ SELECT
     context_page_referrer, context_page_search, context_library_name, context_library_version,
     context_locale, context_timezone, context_campaign_name, context_campaign_source,
     context_campaign_medium, context_campaign_term, context_campaign_content,
-    properties, traits, request_id, request_ip, sequence_number, GETDATE()
+    properties, traits, request_id, request_ip, sequence_number, GETDATE(), context, batch_context
 FROM (
     SELECT
         p.*,
-        ROW_NUMBER() OVER (PARTITION BY p.message_id ORDER BY p.received_at, p.sequence_number) AS rn
-    FROM ${schema}.staging AS p
+        ROW_NUMBER() OVER (
+            PARTITION BY p.source, p.message_id ORDER BY p.received_at, p.shard_id, p.sequence_number
+        ) AS rn
+    FROM staging AS p
     WHERE p.reason IS NULL
 ) AS s
 WHERE s.rn = 1
-  AND NOT EXISTS (SELECT 1 FROM ${schema}.events AS e WHERE e.message_id = s.message_id);
+  AND NOT EXISTS (SELECT 1 FROM recent_keys AS k WHERE k.source = s.source AND k.message_id = s.message_id);

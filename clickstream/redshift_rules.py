@@ -1,0 +1,191 @@
+"""What Redshift refuses and DuckDB accepts, in one place, so the local model refuses it too.
+
+The warehouse SQL is written for Redshift and tested on DuckDB. DuckDB is lenient where Redshift is
+strict; a model that passes locally could still fail on Redshift, either at setup (a reserved word)
+or, worse, on one record during a merge (a value too long for its column), which stops every later
+merge. These rules are applied to the SQL (lint) and, where they depend on data, compiled into the
+DuckDB statements as checks that raise Redshift's error instead of silently accepting the value.
+
+Sources (Amazon Redshift Database Developer Guide):
+- reserved words: https://docs.aws.amazon.com/redshift/latest/dg/r_pg_keywords.html
+- VARCHAR(n) counts bytes, max 65,535; a longer value is an error on INSERT:
+  https://docs.aws.amazon.com/redshift/latest/dg/r_Character_types.html
+- JSON_EXTRACT_PATH_TEXT input at most 64 KB:
+  https://docs.aws.amazon.com/redshift/latest/dg/JSON_EXTRACT_PATH_TEXT.html
+- JSON_SERIALIZE fails beyond the VARCHAR limit: https://docs.aws.amazon.com/redshift/latest/dg/JSON_SERIALIZE.html
+- SUPER: a string value is at most 65,535 bytes, duplicate keys are invalid:
+  https://docs.aws.amazon.com/redshift/latest/dg/limitations-super.html
+- DATEADD's interval is an INTEGER: https://docs.aws.amazon.com/redshift/latest/dg/r_DATEADD_function.html
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import sqlglot
+from sqlglot import exp
+
+# Copied from r_pg_keywords (see above), in the page's order.
+RESERVED_WORDS = frozenset("""
+AES128 AES256 ALL ALLOWOVERWRITE ANALYSE ANALYZE AND ANY ARRAY AS ASC AUTHORIZATION AZ64 BACKUP BETWEEN
+BINARY BLANKSASNULL BOTH BYTEDICT BZIP2 CASE CAST CHECK COLLATE COLUMN CONSTRAINT CREATE CREDENTIALS
+CROSS CURRENT_DATE CURRENT_TIME CURRENT_TIMESTAMP CURRENT_USER CURRENT_USER_ID DEFAULT DEFERRABLE
+DEFLATE DEFRAG DELTA DELTA32K DESC DISABLE DISTINCT DO ELSE EMPTYASNULL ENABLE ENCODE ENCRYPT ENCRYPTION
+END EXCEPT EXPLICIT FALSE FOR FOREIGN FREEZE FROM FULL GLOBALDICT256 GLOBALDICT64K GRANT GROUP GZIP
+HAVING IDENTITY IGNORE ILIKE IN INITIALLY INNER INTERSECT INTERVAL INTO IS ISNULL JOIN LEADING LEFT LIKE
+LIMIT LOCALTIME LOCALTIMESTAMP LUN LUNS LZO LZOP MINUS MOSTLY16 MOSTLY32 MOSTLY8 NATURAL NEW NOT NOTNULL
+NULL NULLS OFF OFFLINE OFFSET OID OLD ON ONLY OPEN OR ORDER OUTER OVERLAPS PARALLEL PARTITION PERCENT
+PERMISSIONS PIVOT PLACING PRIMARY RAW READRATIO RECOVER REFERENCES REJECTLOG RESORT RESPECT RESTORE
+RIGHT SELECT SESSION_USER SIMILAR SNAPSHOT SOME SYSDATE SYSTEM TABLE TAG TDES TEXT255 TEXT32K THEN
+TIMESTAMP TO TOP TRAILING TRUE TRUNCATECOLUMNS UNION UNIQUE UNNEST UNPIVOT USER USING VERBOSE WALLET
+WHEN WHERE WITH WITHOUT
+""".split())  # noqa: SIM905 (the page's text, as is)
+# Reserved words the model may use as identifiers, always double-quoted: Segment's column name,
+# and the name `rejected.raw_record` had until migration m002 renamed it (quoted in m001 and m002).
+QUOTED_RESERVED_ALLOWED = frozenset({"timestamp", "raw"})
+# Reserved words sqlglot tokenizes as plain words where they are keywords (RENAME ... TO, TRIM(BOTH ...)).
+_KEYWORD_USES = frozenset({"TO", "BOTH", "LEADING", "TRAILING"})
+
+MAX_VARCHAR_BYTES = 65_535  # VARCHAR(n) and SUPER string values
+MAX_JSON_TEXT_BYTES = 65_535  # JSON_EXTRACT_PATH_TEXT input, JSON_SERIALIZE output
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # DATEADD interval
+
+# The model's own limit on a whole record: larger records are rejected (`record_too_large`) without
+# being serialised or navigated, so no JSON function ever sees more than MAX_JSON_TEXT_BYTES. The
+# margin covers re-serialisation differences (escapes, number formats) of JSON_SERIALIZE.
+MAX_RECORD_BYTES = 64_000
+# Non-JSON records are kept in `rejected` as hex of at most this many leading bytes (hex doubles).
+MAX_HEX_BYTES = 32_000
+
+
+def truncate_utf8(text: str, max_bytes: int) -> str:
+    """The model's byte-safe truncation (``clickstream_truncate`` in SQL), as a reference.
+
+    The longest of LEFT(s, n), LEFT(s, n/2), LEFT(s, n/3), LEFT(s, n/4) characters that fits in n
+    bytes: never splits a character, never exceeds n bytes, keeps n characters of ASCII text.
+    """
+    if len(text.encode("utf-8")) <= max_bytes:
+        return text
+    for divisor in (1, 2, 3, 4):
+        candidate = text[: max_bytes // divisor]
+        if len(candidate.encode("utf-8")) <= max_bytes:
+            return candidate
+    raise AssertionError("unreachable: a UTF-8 character is at most 4 bytes")
+
+
+def has_duplicate_keys(text: str) -> bool:
+    """True when some JSON object repeats a key: such a record is not valid SUPER (CAN_JSON_PARSE false)."""
+    duplicate = False
+
+    def hook(pairs: list[tuple[str, object]]) -> dict:
+        nonlocal duplicate
+        if len({k for k, _ in pairs}) != len(pairs):
+            duplicate = True
+        return dict(pairs)
+
+    try:
+        json.loads(text, object_pairs_hook=hook)
+    except (ValueError, RecursionError):
+        return False
+    return duplicate
+
+
+@dataclass(frozen=True)
+class Violation:
+    statement: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.statement}: {self.message}"
+
+
+def parse(sql: str) -> exp.Expression:
+    """Parse with sqlglot's Redshift dialect; unparseable SQL raises."""
+    return sqlglot.parse_one(sql, read="redshift", error_level=sqlglot.ErrorLevel.RAISE)
+
+
+def reserved_identifiers(sql: str) -> list[str]:
+    """Identifiers Redshift would read as reserved words: unquoted ones, and quoted ones not allowed.
+
+    Token-level, so it also covers statements sqlglot keeps as commands (CALL, REFRESH) and the
+    bodies of stored procedures and functions (``$$ ... $$``), which are linted as SQL text too.
+    """
+    from sqlglot.dialects.redshift import Redshift
+    from sqlglot.tokens import TokenType
+
+    bad = []
+    texts = [sql, *re.findall(r"\$\$(.*?)\$\$", sql, re.S)]
+    for text in texts:
+        tokens = Redshift().tokenize(re.sub(r"\$\$.*?\$\$", "''", text, flags=re.S) if text is sql else text)
+        if len(tokens) == 2 and tokens[0].token_type == TokenType.COMMAND:  # CALL/REFRESH: the rest is one token
+            tokens = [tokens[0], *Redshift().tokenize(tokens[1].text)]
+        for i, token in enumerate(tokens):
+            word = token.text
+            if word.upper() not in RESERVED_WORDS:
+                continue
+            called = i + 1 < len(tokens) and tokens[i + 1].token_type == TokenType.L_PAREN  # CAST(...)
+            if token.token_type == TokenType.VAR and not called and word.upper() not in _KEYWORD_USES:
+                bad.append(word)
+            elif token.token_type == TokenType.IDENTIFIER and word.lower() not in QUOTED_RESERVED_ALLOWED:
+                bad.append(f'"{word}"')
+    return bad
+
+
+def varchar_widths(tree: exp.Expression) -> dict[str, int]:
+    """Column -> byte width for the VARCHAR(n) columns a CREATE TABLE or ALTER TABLE ADD COLUMN declares."""
+    widths = {}
+    for col in tree.find_all(exp.ColumnDef):
+        kind = col.args.get("kind")
+        if isinstance(kind, exp.DataType) and kind.this in (exp.DataType.Type.VARCHAR, exp.DataType.Type.CHAR):
+            params = kind.expressions
+            widths[col.name] = int(params[0].name) if params else 256  # Redshift's default width
+    return widths
+
+
+# Statements sqlglot keeps as a generic command: their form is checked by these patterns instead.
+COMMAND_FORMS = (
+    re.compile(r"^CALL \w+\.\w+\((?:'(?:[^']|'')*'|\d+|, )*\)$", re.S),
+    re.compile(r"^REFRESH MATERIALIZED VIEW \w+\.\w+$"),
+    re.compile(r"^CREATE EXTERNAL SCHEMA IF NOT EXISTS \w+\s+FROM KINESIS\s+IAM_ROLE '[^']*'$"),
+    re.compile(r"^CREATE OR REPLACE (PROCEDURE|FUNCTION) \w+(\.\w+)?\(.*\$\$ LANGUAGE (plpgsql|sql)$", re.S),
+    # Role grants (setup/900_grants.sql): r_CREATE_ROLE, r_GRANT, r_ALTER_DEFAULT_PRIVILEGES.
+    re.compile(r"^CREATE ROLE \w+$"),
+    re.compile(r"^GRANT SELECT ON ALL TABLES IN SCHEMA \w+ TO ROLE \w+$"),
+    re.compile(r"^ALTER DEFAULT PRIVILEGES IN SCHEMA \w+ GRANT SELECT ON TABLES TO ROLE \w+$"),
+)
+_DATEADD = (exp.DateAdd, exp.TsOrDsAdd, exp.TimestampAdd)
+
+
+def _without_comments(sql: str) -> str:
+    return "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--")).strip().rstrip(";")
+
+
+def lint(name: str, sql: str) -> list[Violation]:
+    """Static checks of one Redshift statement: it parses with sqlglot's Redshift dialect (or is one
+    of the known command forms), uses no reserved word as an identifier, declares only widths
+    Redshift accepts, and calls DATEADD only with a literal INTEGER interval."""
+    out = [Violation(name, f"reserved word used as identifier: {w} (r_pg_keywords)")
+           for w in reserved_identifiers(sql)]
+    body = _without_comments(sql)
+    if any(form.match(body) for form in COMMAND_FORMS):
+        for inner in re.findall(r"\$\$(.*?)\$\$", body, re.S):
+            if "LANGUAGE sql" in body:  # a SQL function's body is one SELECT
+                out += lint(f"{name} (body)", inner)
+        return out
+    try:
+        tree = parse(sql)
+    except sqlglot.errors.SqlglotError as exc:
+        return [*out, Violation(name, f"does not parse as Redshift: {exc}")]
+    if isinstance(tree, exp.Command):
+        out.append(Violation(name, f"sqlglot could not parse it beyond {tree.name!r}"))
+    for col, width in varchar_widths(tree).items():
+        if not 1 <= width <= MAX_VARCHAR_BYTES:
+            out.append(Violation(name, f"VARCHAR({width}) for {col}: width must be 1..{MAX_VARCHAR_BYTES} bytes"))
+    for node in tree.find_all(*_DATEADD):
+        interval = node.expression
+        if not (isinstance(interval, exp.Literal) and INT32_MIN <= int(interval.name) <= INT32_MAX):
+            out.append(Violation(name, f"DATEADD interval {interval.sql()} is not a literal INTEGER; "
+                                       "use TIMESTAMP + n * INTERVAL '1 millisecond' for BIGINT n"))
+    return out

@@ -1,1 +1,0 @@
-UPDATE ${schema}.load_state SET watermark = target WHERE name = 'events';

@@ -51,6 +51,8 @@ DEFAULTS: dict[str, Any] = {
     "kinesisSchema": _MODEL.kinesis_schema,
     "clickstreamSchema": _MODEL.schema,
     "clickstreamMaterializedView": _MODEL.mv,
+    "readerRole": _MODEL.reader_role,
+    "dedupWindowDays": _MODEL.dedup_window_days,
     "refreshSchedule": "rate(5 minutes)",
     "replayMaxConcurrency": 10,
     "replayToleratedFailurePercentage": 0,
@@ -101,6 +103,8 @@ class Settings:
     kinesis_schema: str
     clickstream_schema: str
     clickstream_materialized_view: str
+    reader_role: str
+    dedup_window_days: int
     refresh_schedule: str
     replay_max_concurrency: int
     replay_tolerated_failure_percentage: int
@@ -113,7 +117,8 @@ class Settings:
     @property
     def model_names(self) -> ModelNames:
         return ModelNames(schema=self.clickstream_schema, mv=self.clickstream_materialized_view,
-                          kinesis_schema=self.kinesis_schema, stream_name=self.stream_name)
+                          kinesis_schema=self.kinesis_schema, stream_name=self.stream_name,
+                          reader_role=self.reader_role, dedup_window_days=self.dedup_window_days)
 
 
 def _camel_to_snake(name: str) -> str:
@@ -239,9 +244,10 @@ def load_settings(get: Callable[[str], Any] | Mapping[str, Any]) -> Settings:
     if not 0 <= v["replayToleratedFailurePercentage"] <= 100:
         errors.append(f"replayToleratedFailurePercentage: must be 0-100, got {v['replayToleratedFailurePercentage']}")
     names = ModelNames(schema=v["clickstreamSchema"], mv=v["clickstreamMaterializedView"],
-                       kinesis_schema=v["kinesisSchema"], stream_name=v["streamName"])
+                       kinesis_schema=v["kinesisSchema"], stream_name=v["streamName"], reader_role=v["readerRole"],
+                       dedup_window_days=v["dedupWindowDays"])
     key_of = {"schema": "clickstreamSchema", "mv": "clickstreamMaterializedView", "kinesis_schema": "kinesisSchema",
-              "stream_name": "streamName"}
+              "stream_name": "streamName", "reader_role": "readerRole", "dedup_window_days": "dedupWindowDays"}
     for problem in names.validate():
         field = problem.split(" ", 1)[0]
         errors.append(f"{key_of.get(field, field)}: {problem.split(' ', 1)[1]}")

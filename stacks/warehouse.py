@@ -12,6 +12,8 @@ role's association is in-sync; refresh runs on an EventBridge schedule. docs/dep
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 
@@ -84,9 +86,7 @@ class WarehouseStack(cdk.Stack):
             self.workgroup = self._create_serverless(settings)
         self.association = self._associate_role(settings)
 
-        self.names = ModelNames(schema=settings.clickstream_schema, mv=settings.clickstream_materialized_view,
-                                kinesis_schema=settings.kinesis_schema, stream_name=settings.stream_name,
-                                iam_role=self.streaming_role.role_arn)
+        self.names = dataclasses.replace(settings.model_names, iam_role=self.streaming_role.role_arn)
         self.connection = workflows.connection_parameters(
             settings.redshift_mode, settings.redshift_name, settings.redshift_database,
             secret_arn=self.secret_arn, db_user=settings.redshift_db_user)

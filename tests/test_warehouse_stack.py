@@ -180,6 +180,16 @@ def test_capacity_network_and_limit_are_configurable(tmp_path):
     assert lint.returncode == 0, lint.stdout
 
 
+def test_reader_role_and_dedup_window_reach_the_deployed_sql(tmp_path):
+    _, templates = synth(tmp_path, readerRole="bi_read", dedupWindowDays="7")
+    t = templates["ClickstreamWarehouse"]
+    setup = json.dumps(definition(machines(t)["ClickstreamWarehouse-Setup"]))
+    refresh = json.dumps(definition(machines(t)["ClickstreamWarehouse-Refresh"]))
+    assert "GRANT USAGE ON SCHEMA clickstream TO ROLE bi_read;" in setup and "clickstream_reader" not in setup
+    assert "CALL clickstream.stage_recent_keys(7);" in refresh
+    assert t.find_outputs("ReaderRole")["ReaderRole"]["Value"] == "bi_read"
+
+
 def test_an_existing_workgroup_is_used_when_configured(tmp_path):
     _, templates = synth(tmp_path, createServerless="false", redshiftName="analytics")
     t = templates["ClickstreamWarehouse"]
@@ -219,6 +229,8 @@ def test_placeholder_write_keys_fail_synth_with_the_exact_message(tmp_path):
     ("redshiftSubnetIds", '["vpc-0123abcd"]', "redshiftSubnetIds: a list of ids like subnet-0123abcd"),
     ("redshiftSubnetIds", '["subnet-0123abcd"]', "redshiftSubnetIds: Redshift Serverless needs at least three"),
     ("createServerless", "true", "createServerless: set it to false with redshiftMode provisioned"),
+    ("dedupWindowDays", "0", "dedupWindowDays: 0 must be a whole number of days, 1 to 365"),
+    ("readerRole", "BI-Reader", "readerRole: 'BI-Reader' must be a lower-case SQL identifier"),
 ])
 def test_bad_warehouse_settings_are_named(key, value, message):
     from clickstream.config import ConfigError, load_settings

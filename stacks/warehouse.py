@@ -13,7 +13,6 @@ role's association is in-sync; refresh runs on an EventBridge schedule. docs/dep
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
 import json
 

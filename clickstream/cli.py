@@ -360,7 +360,7 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     import time
 
     from clickstream.archive import ARCHIVE_DIR, ARCHIVER_CONSUMER, FLUSH_REQUEST_FILE, Archiver
-    from clickstream.query import _running  # local.json of a live `clickstream local`, or None
+    from clickstream.query import running  # local.json of a live `clickstream local`, or None
     from clickstream.stream import LocalStream
 
     if not _require_pipeline(args.data_dir, "archive"):
@@ -369,7 +369,7 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     try:
         last, done = stream.last_seq(), stream.checkpoint(ARCHIVER_CONSUMER)
         if args.flush and last > done:
-            if _running(args.data_dir):
+            if running(args.data_dir):
                 # The running archiver owns the checkpoint: ask it, and wait until it has passed `last`.
                 (args.data_dir / FLUSH_REQUEST_FILE).touch()
                 deadline = time.monotonic() + args.timeout

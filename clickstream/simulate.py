@@ -327,9 +327,9 @@ def default_host(data_dir: Path) -> str:
     if os.environ.get(HOST_ENV):
         return os.environ[HOST_ENV]
     from clickstream.collector import ADMIN_QUERY_PATH
-    from clickstream.query import _running  # local.json of a live `clickstream local`, or None
+    from clickstream.query import running  # local.json of a live `clickstream local`, or None
 
-    state = _running(data_dir)
+    state = running(data_dir)
     if state and str(state.get("admin_url", "")).endswith(ADMIN_QUERY_PATH):
         return state["admin_url"].removesuffix(ADMIN_QUERY_PATH)
     return DEFAULT_HOST

@@ -24,6 +24,7 @@ from typing import Any
 
 import duckdb
 
+from clickstream import segment_tables
 from clickstream.sqlmodel import ModelNames, duckdb_statements
 from clickstream.stream import LocalStream, StreamRecord
 
@@ -124,6 +125,7 @@ class Warehouse:
         """The refresh workflow's merge statements, in order (each is idempotent)."""
         for sql in self._merge:
             self.conn.execute(sql)
+        segment_tables.after_merge(self.conn, self.names)  # Segment's per-source tables (own module)
         self.stats.merges += 1
 
     def load_from(self, stream: LocalStream, batch: int = 50_000) -> int:

@@ -1,0 +1,337 @@
+"""Segment's per-source tables, filled from the combined `events` table after each merge.
+
+`events` stays the lossless record (full ``properties`` and ``traits`` JSON). After each merge the
+rows it gained are spread into Segment's schema (:mod:`clickstream.segment_schema` holds the rules):
+a schema per source (source ``web`` -> ``web.pages``, ``web.order_completed``...), tables and
+columns created as names first arrive. A run:
+
+1. stages the new rows: `events` rows with ``loaded_at`` past the layer's own watermark
+   (``<schema>.segment_load_state``), plus ``uuid_ts`` (this run's time);
+2. discovers which tables and flattened keys (with JSON types) the batch has;
+3. plans with :func:`clickstream.segment_schema.plan` against the columns that exist;
+4. creates tables / adds columns, inserts into every table, upserts `users` and moves the
+   watermark, in one transaction (a failed run changes nothing and the next one redoes it).
+
+Locally the loader calls :func:`after_merge` (DuckDB, statements transpiled from the Redshift SQL
+the module generates). On AWS the refresh workflow's ``segment_tables`` Lambda runs the same plan
+through the Redshift Data API (:class:`RedshiftRun`).
+
+The watermark relies on `events.loaded_at` being one value per merge transaction that grows from
+merge to merge (``GETDATE()`` in the merge), with merges run one at a time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from clickstream import segment_schema as ss
+from clickstream.sqlmodel import ModelNames
+
+log = logging.getLogger("clickstream.segment")
+
+STATE_TABLE = "segment_load_state"
+STATE_NAME = "segment"
+BATCH = "segment_batch"
+EVENT_MAP = "segment_event_map"
+USERS_SCRATCH = "segment_users_new"
+EPOCH = "1970-01-01 00:00:00+00"
+# Message type -> the JSON column whose keys become columns.
+ROOTS = {"track": "properties", "page": "properties", "screen": "properties", "identify": "traits",
+         "group": "traits"}
+
+
+def state_sql(names: ModelNames) -> list[str]:
+    """The layer's watermark table (Redshift SQL): how far `events` has been spread."""
+    table = f"{names.schema}.{STATE_TABLE}"
+    return [
+        f"CREATE TABLE IF NOT EXISTS {table} (name VARCHAR(64) NOT NULL, loaded_at TIMESTAMPTZ NOT NULL);",
+        f"INSERT INTO {table} (name, loaded_at) SELECT '{STATE_NAME}', CAST('{EPOCH}' AS TIMESTAMPTZ) "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE name = '{STATE_NAME}');",
+    ]
+
+
+def stage_sql(names: ModelNames, after: str, upto: str, uuid_ts: str, *, view: bool = False) -> list[str]:
+    """The batch: `events` rows in (after, upto] of ``loaded_at`` (literal bounds), plus ``uuid_ts``.
+
+    A TEMP table on Redshift (one scan of `events`, then the INSERTs read the small copy). DuckDB has
+    temporary views: there the copy would cost more than it saves, as `events` is in ``loaded_at``
+    order and each INSERT's scan skips everything older than the batch (zone maps).
+    """
+    select = (f"SELECT e.*, CAST('{uuid_ts}' AS TIMESTAMPTZ) AS uuid_ts FROM {names.schema}.events AS e "
+              f"WHERE e.loaded_at > CAST('{after}' AS TIMESTAMPTZ) AND e.loaded_at <= CAST('{upto}' AS TIMESTAMPTZ)")
+    if view:
+        return [f"CREATE OR REPLACE TEMP VIEW {BATCH} AS {select};"]
+    return [f"DROP TABLE IF EXISTS {BATCH};", f"CREATE TEMP TABLE {BATCH} AS {select};"]
+
+
+def advance_sql(names: ModelNames, upto: str) -> str:
+    return (f"UPDATE {names.schema}.{STATE_TABLE} SET loaded_at = CAST('{upto}' AS TIMESTAMPTZ) "
+            f"WHERE name = '{STATE_NAME}';")
+
+
+def event_map_sql(event_names: Mapping[str, str], dialect: str = "redshift") -> list[str]:
+    """The batch's event names and their tables, for the `tracks` and per-event INSERTs."""
+    stmts = [f"DROP TABLE IF EXISTS {EVENT_MAP};",
+             f"CREATE TEMP TABLE {EVENT_MAP} (event_text VARCHAR(1024), event VARCHAR({ss.MAX_IDENTIFIER_BYTES}));"]
+    rows = [f"({ss.literal(text, dialect)}, {ss.literal(table) if table else 'NULL'})"
+            for text, table in sorted(event_names.items())]
+    for i in range(0, len(rows), 500):
+        stmts.append(f"INSERT INTO {EVENT_MAP} (event_text, event) VALUES {', '.join(rows[i:i + 500])};")
+    return stmts
+
+
+def data_sql(plan: ss.Plan, names: ModelNames, upto: str, dialect: str = "redshift") -> list[str]:
+    """Everything after staging, in order: DDL, INSERTs, the `users` upsert, the watermark."""
+    stmts: list[str] = []
+    for schema in sorted({t.schema for t in plan.tables}):
+        stmts.append(f"CREATE SCHEMA IF NOT EXISTS {ss.quote(schema)};")
+    for tp in plan.tables:
+        stmts.extend(ss.table_ddl(tp, dialect))
+    for tp in plan.tables:
+        if tp.kind != "users":
+            stmts.append(ss.insert_sql(tp, BATCH, EVENT_MAP, dialect))
+    for tp in plan.tables:
+        if tp.kind == "users":
+            ident = next(t for t in plan.tables if (t.schema, t.table) == (tp.schema, "identifies"))
+            stmts.extend(ss.users_sql(tp, ident, BATCH, USERS_SCRATCH, dialect))
+    stmts.append(advance_sql(names, upto))
+    return stmts
+
+
+def batch_tables(rows: Iterable[tuple[str, str, str | None]]) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """(source, type, event_text) of the batch -> (source, table) pairs and event_text -> table."""
+    pairs: set[tuple[str, str]] = set()
+    events: dict[str, str] = {}
+    for source, msg_type, event_text in rows:
+        if msg_type == "track":
+            pairs.add((source, "tracks"))
+            if event_text is not None:
+                pairs.add((source, "event:" + event_text))
+                events[event_text] = ss.event_table(event_text) or ""
+        elif msg_type in ss.TYPE_TABLE:
+            pairs.add((source, ss.TYPE_TABLE[msg_type]))
+    return sorted(pairs), events
+
+
+def tables_of(source: str, msg_type: str, event_text: str | None, root: str) -> list[str]:
+    """Which tables a key of ``root`` in a message of this type feeds."""
+    if root == "context":
+        if msg_type == "track":
+            return ["tracks", "event:" + event_text] if event_text is not None else ["tracks"]
+        return [ss.TYPE_TABLE[msg_type]] if msg_type in ss.TYPE_TABLE else []
+    if msg_type == "track":
+        return ["event:" + event_text] if event_text is not None else []
+    return [ss.TYPE_TABLE[msg_type]] if ROOTS.get(msg_type) == root else []
+
+
+# --- DuckDB -----------------------------------------------------------------------------------------
+
+_DUCKDB_KINDS = {"BOOLEAN": ss.Kind.BOOLEAN, "BIGINT": ss.Kind.INTEGER, "UBIGINT": ss.Kind.INTEGER,
+                 "DOUBLE": ss.Kind.FLOAT, "VARCHAR": ss.Kind.STRING}
+_COLUMN_TYPES = {"BOOLEAN": ss.Kind.BOOLEAN, "BIGINT": ss.Kind.INTEGER, "DOUBLE": ss.Kind.FLOAT,
+                 "TIMESTAMP WITH TIME ZONE": ss.Kind.TIMESTAMP, "VARCHAR": ss.Kind.STRING}
+
+
+def walk_structure(structure: Any, path: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], ss.Kind]]:
+    """Leaves of a DuckDB ``json_structure`` value: objects are walked, arrays are strings (stored as
+    JSON text), nulls and empty objects make no column."""
+    if isinstance(structure, dict):
+        for key, sub in structure.items():
+            yield from walk_structure(sub, (*path, key))
+    elif isinstance(structure, list):
+        if path:
+            yield path, ss.Kind.STRING
+    elif path and structure not in ("NULL", "JSON"):
+        yield path, _DUCKDB_KINDS.get(structure, ss.Kind.STRING)
+
+
+json_pointer = ss.json_pointer
+
+
+@lru_cache(maxsize=16384)
+def _duckdb(sql: str) -> str:
+    from clickstream.sqlmodel import transpile
+
+    return transpile(sql)
+
+
+@dataclass
+class SpreadStats:
+    runs: int = 0
+    rows: int = 0
+    tables_created: int = 0
+    columns_added: int = 0
+    deferred: int = 0
+    seconds: float = 0.0
+    last_error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class DuckDBSegment:
+    """The layer on the local warehouse: one instance per DuckDB connection (the loader's)."""
+
+    def __init__(self, conn: Any, names: ModelNames | None = None, limits: ss.Limits | None = None) -> None:
+        self.conn = conn
+        self.names = names or ModelNames()
+        self.limits = limits or ss.Limits()
+        self.stats = SpreadStats()
+        for sql in state_sql(self.names):
+            self.conn.execute(_duckdb(sql))
+        events_cols = {r[0] for r in self.conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = 'events'",
+            [self.names.schema]).fetchall()}
+        # `context` JSON, when the combined table keeps it, is flattened too (context_app_version...).
+        self.roots = ("properties", "traits", "context") if "context" in events_cols else ("properties", "traits")
+        self.taken = [self.names.schema, self.names.kinesis_schema]
+
+    def spread(self) -> int:
+        """Spread the rows `events` gained since the last run; returns how many rows were spread."""
+        start = time.perf_counter()
+        c = self.conn
+        c.execute("BEGIN")
+        try:
+            n = self._spread()
+            c.execute("COMMIT")
+        except Exception:
+            c.execute("ROLLBACK")
+            raise
+        self.stats.seconds += time.perf_counter() - start
+        self.stats.runs += 1
+        self.stats.rows += n
+        return n
+
+    def _spread(self) -> int:
+        c = self.conn
+        after = c.execute(f"SELECT loaded_at FROM {self.names.schema}.{STATE_TABLE} WHERE name = ?",
+                          [STATE_NAME]).fetchone()[0]
+        upto = c.execute(f"SELECT MAX(loaded_at) FROM {self.names.schema}.events WHERE loaded_at > ?",
+                         [after]).fetchone()[0]
+        if upto is None:
+            return 0
+        after_s, upto_s = _ts(after), _ts(upto)
+        for sql in stage_sql(self.names, after_s, upto_s, _ts(dt.datetime.now(dt.UTC)), view=True):
+            c.execute(_duckdb(sql))
+        rows, observations = self._discover()
+        pairs, events = batch_tables(rows)
+        existing = self._existing(sorted({ss.schema_name(s, self.taken) for s, _ in pairs} - {None}))
+        plan = ss.plan(observations, existing, batch_tables=pairs, taken_schemas=self.taken,
+                       known_events=None, limits=self.limits)
+        self._timestamps(plan, existing)
+        for sql in event_map_sql(events, "duckdb"):
+            c.execute(sql)
+        for sql in data_sql(plan, self.names, upto_s, "duckdb"):
+            c.execute(sql)
+        self.stats.tables_created += sum(t.create for t in plan.tables)
+        self.stats.columns_added += sum(len(t.add) for t in plan.tables)
+        self.stats.deferred += plan.deferred_tables + plan.deferred_columns
+        if plan.deferred_tables or plan.deferred_columns:
+            log.warning("segment tables: %d new tables and %d new columns wait for a later run (limits %s)",
+                        plan.deferred_tables, plan.deferred_columns, self.limits)
+        return c.execute(f"SELECT COUNT(*) FROM {BATCH}").fetchone()[0]
+
+    def _discover(self) -> tuple[list[tuple[str, str, str | None]], list[ss.Observation]]:
+        """Distinct key structures of the batch (one ``json_structure`` per JSON value, grouped), walked
+        in Python: a batch of 50K events has only a few hundred distinct structures."""
+        roots = ", ".join(f"json_structure({r}) AS s_{r}" for r in self.roots)
+        result = self.conn.execute(
+            f"SELECT source, type, CASE WHEN type = 'track' THEN event_text END AS ev, {roots} "
+            f"FROM {BATCH} GROUP BY ALL").fetchall()
+        rows: set[tuple[str, str, str | None]] = set()
+        seen: set[ss.Observation] = set()
+        for source, msg_type, ev, *structures in result:
+            rows.add((source, msg_type, ev))
+            for root, structure in zip(self.roots, structures, strict=True):
+                if structure is None:
+                    continue
+                targets = tables_of(source, msg_type, ev, root)
+                if not targets:
+                    continue
+                for path, kind in walk_structure(json.loads(structure)):
+                    for table in targets:
+                        seen.add(ss.Observation(source, table, root, path, kind))
+        return sorted(rows, key=lambda r: (r[0], r[1], r[2] or "")), sorted(
+            seen, key=lambda o: (o.source, o.table, o.root, o.path, o.kind.value))
+
+    def _existing(self, schemas: list[str]) -> dict[tuple[str, str], dict[str, ss.Kind]]:
+        if not schemas:
+            return {}
+        out: dict[tuple[str, str], dict[str, ss.Kind]] = {}
+        for schema, table, column, dtype in self.conn.execute(
+                "SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema IN (SELECT UNNEST(?)) ORDER BY table_schema, table_name, ordinal_position",
+                [schemas]).fetchall():
+            out.setdefault((schema, table), {})[column] = _COLUMN_TYPES.get(dtype, ss.Kind.STRING)
+        return out
+
+    def _timestamps(self, plan: ss.Plan, existing: Mapping[tuple[str, str], Mapping[str, ss.Kind]]) -> None:
+        """A new string column whose values in this batch are all ISO-8601 date-times is a timestamp
+        column (Segment's `timestamp` type). Checked only for columns this run creates."""
+        candidates = []
+        for tp in plan.tables:
+            old = existing.get((tp.schema, tp.table), {})
+            for col, (root, paths) in tp.sources.items():
+                if col not in old and tp.columns.get(col) is ss.Kind.STRING and len(paths) == 1:
+                    msg_type = ss.TABLE_KINDS[tp.kind][0]
+                    for ev in tp.event_texts or [None]:
+                        candidates.append((len(candidates), tp, col, tp.source, msg_type, ev, root,
+                                           json_pointer(paths[0])))
+        if not candidates:
+            return
+        cols = list(zip(*[(i, src, t, ev, root, ptr) for i, _, _, src, t, ev, root, ptr in candidates], strict=True))
+        found = self.conn.execute(
+            f"""SELECT c.i, bool_and(regexp_full_match(v, ?))
+                FROM (SELECT c.i, json_extract_string(CASE c.root WHEN 'properties' THEN b.properties
+                             WHEN 'traits' THEN b.traits ELSE {'b.context' if 'context' in self.roots else 'NULL'} END,
+                             c.ptr) AS v
+                      FROM (SELECT UNNEST(?) AS i, UNNEST(?) AS source, UNNEST(?) AS type, UNNEST(?::VARCHAR[]) AS ev,
+                                   UNNEST(?) AS root, UNNEST(?) AS ptr) AS c
+                      JOIN {BATCH} AS b ON b.source = c.source AND b.type = c.type
+                           AND (c.ev IS NULL OR b.event_text = c.ev)) AS c
+                WHERE v IS NOT NULL GROUP BY c.i""",
+            [ss.ISO_TIMESTAMP.pattern, *[list(x) for x in cols]]).fetchall()
+        is_ts: dict[tuple[int, str], bool] = {}
+        for i, ok in found:
+            _, tp, col, *_ = candidates[i]
+            key = (id(tp), col)
+            is_ts[key] = is_ts.get(key, True) and bool(ok)
+        for _, tp, col, *_ in candidates:
+            if is_ts.get((id(tp), col)):
+                tp.columns[col] = ss.Kind.TIMESTAMP
+        for tp in plan.tables:  # users' new trait columns take identifies' types
+            if tp.kind == "users":
+                ident = next(t for t in plan.tables if (t.schema, t.table) == (tp.schema, "identifies"))
+                old = existing.get((tp.schema, tp.table), {})
+                for col in tp.columns:
+                    if col not in old and col in ident.columns:
+                        tp.columns[col] = ident.columns[col]
+
+
+def _ts(value: dt.datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+
+
+_layers: dict[int, DuckDBSegment] = {}
+
+
+def after_merge(conn: Any, names: ModelNames) -> None:
+    """The local loader's hook: spread what the merge added. A failure is logged and retried by the
+    next merge (the watermark did not move); it never stops the combined tables from loading."""
+    layer = _layers.get(id(conn))
+    try:
+        if layer is None or layer.conn is not conn:
+            layer = _layers[id(conn)] = DuckDBSegment(conn, names)
+        layer.spread()
+        layer.stats.last_error = None
+    except Exception as exc:
+        if layer is not None:
+            layer.stats.last_error = str(exc)
+        log.exception("segment tables: spreading the merged events failed; the next merge retries")

@@ -335,3 +335,229 @@ def after_merge(conn: Any, names: ModelNames) -> None:
         if layer is not None:
             layer.stats.last_error = str(exc)
         log.exception("segment tables: spreading the merged events failed; the next merge retries")
+
+
+# --- Redshift ---------------------------------------------------------------------------------------
+
+# The Data API runs at most 40 statements per BatchExecuteStatement
+# (https://docs.aws.amazon.com/redshift-data/latest/APIReference/API_BatchExecuteStatement.html).
+MAX_BATCH_STATEMENTS = 40
+MAX_DEPTH = 4  # nesting levels of objects discovered on Redshift (deeper keys stay in `events`)
+MAX_OBJECT_PATHS = 100  # object paths explored per level and run
+# SUPER navigation is case-insensitive unless this is on; keys differing only in case are distinct
+# properties. https://docs.aws.amazon.com/redshift/latest/dg/r_enable_case_sensitive_super_attribute.html
+CASE_SENSITIVE = ["SET enable_case_sensitive_identifier TO true;", "SET enable_case_sensitive_super_attribute TO true;"]
+_REDSHIFT_COLUMN_TYPES = {"boolean": ss.Kind.BOOLEAN, "bigint": ss.Kind.INTEGER, "double precision": ss.Kind.FLOAT,
+                          "timestamp with time zone": ss.Kind.TIMESTAMP, "character varying": ss.Kind.STRING}
+
+
+def bounds_sql(names: ModelNames) -> str:
+    """The layer's watermark and the newest `loaded_at` past it: the batch is (after, upto]."""
+    return (f"SELECT CAST(s.loaded_at AS VARCHAR) AS after_ts, CAST(MAX(e.loaded_at) AS VARCHAR) AS upto_ts "
+            f"FROM {names.schema}.{STATE_TABLE} AS s LEFT JOIN {names.schema}.events AS e "
+            f"ON e.loaded_at > s.loaded_at WHERE s.name = '{STATE_NAME}' GROUP BY s.loaded_at;")
+
+
+def _batch_json(names: ModelNames, after: str, upto: str) -> str:
+    bounds = (f"loaded_at > CAST('{after}' AS TIMESTAMPTZ) AND loaded_at <= CAST('{upto}' AS TIMESTAMPTZ)")
+    parts = []
+    for root, types in (("properties", ("track", "page", "screen")), ("traits", ("identify", "group"))):
+        in_types = ", ".join(f"'{t}'" for t in types)
+        parts.append(
+            f"SELECT source, type, CASE WHEN type = 'track' THEN event_text END AS ev, '{root}' AS root, "
+            f"JSON_PARSE({root}) AS j FROM {names.schema}.events "
+            f"WHERE {bounds} AND type IN ({in_types}) AND {root} LIKE '{{%'")
+    return "\n    UNION ALL\n    ".join(parts)
+
+
+def discovery_sql(names: ModelNames, after: str, upto: str, parents: list[tuple[str, tuple[str, ...]]]) -> str:
+    """Keys one level below each (root, object path) of the batch, with their JSON types (Redshift:
+    JSON_PARSE once per value, PartiQL UNPIVOT over the object's attributes).
+    https://docs.aws.amazon.com/redshift/latest/dg/query-super.html#unpivoting
+    Columns: source, type, ev, root, parent (JSON array of the path), k, json type, and whether all
+    numbers are integers / all strings ISO-8601 date-times (Segment's integer and timestamp types).
+    """
+    branches = []
+    for i, (root, path) in enumerate(parents):
+        nav = "b.j" + "".join(f'."{k}"' for k in path)
+        parent = ss.literal(json.dumps(list(path)))
+        branches.append(
+            f"SELECT b.source, b.type, b.ev, b.root, {i} AS parent, k, JSON_TYPEOF(v) AS kind,\n"
+            f"       BOOL_AND(CASE WHEN JSON_TYPEOF(v) = 'number' THEN IS_BIGINT(v) END) AS all_integers,\n"
+            f"       BOOL_AND(CASE WHEN JSON_TYPEOF(v) = 'string' THEN CAST(v AS VARCHAR) ~ "
+            f"'{ss.SQL_TIMESTAMP_PATTERN}' END) AS all_timestamps\n"
+            f"FROM b, UNPIVOT {nav} AS v AT k\n"
+            f"WHERE b.root = '{root}' AND IS_OBJECT({nav}) -- {parent}\n"
+            f"GROUP BY b.source, b.type, b.ev, b.root, k, JSON_TYPEOF(v)")
+    return (f"WITH b AS (\n    {_batch_json(names, after, upto)}\n)\n" + "\nUNION ALL\n".join(branches) + ";")
+
+
+def columns_sql(schemas: list[str]) -> str:
+    in_list = ", ".join(ss.literal(s) for s in schemas)
+    return ("SELECT table_schema, table_name, column_name, data_type FROM svv_columns "
+            f"WHERE table_schema IN ({in_list}) ORDER BY table_schema, table_name, ordinal_position;")
+
+
+def batch_rows_sql(names: ModelNames, after: str, upto: str) -> str:
+    return (f"SELECT source, type, CASE WHEN type = 'track' THEN event_text END AS ev, COUNT(*) AS n "
+            f"FROM {names.schema}.events WHERE loaded_at > CAST('{after}' AS TIMESTAMPTZ) "
+            f"AND loaded_at <= CAST('{upto}' AS TIMESTAMPTZ) GROUP BY 1, 2, 3;")
+
+
+def kind_from_redshift(json_type: str, all_integers: Any, all_timestamps: Any) -> ss.Kind | None:
+    if json_type == "number":
+        return ss.Kind.INTEGER if _true(all_integers) else ss.Kind.FLOAT
+    if json_type == "string":
+        return ss.Kind.TIMESTAMP if _true(all_timestamps) else ss.Kind.STRING
+    return {"boolean": ss.Kind.BOOLEAN, "array": ss.Kind.STRING}.get(json_type)
+
+
+def _true(value: Any) -> bool:
+    return value is True or str(value).lower() in ("true", "t", "1")
+
+
+class Executor:
+    """Where the Redshift SQL runs: the Data API in the Lambda (:class:`DataApiExecutor`)."""
+
+    def query(self, sqls: list[str]) -> list[list[Any]]:
+        """Run statements in one session; rows of the last one."""
+        raise NotImplementedError
+
+    def run(self, sqls: list[str]) -> None:
+        """Run statements as one transaction."""
+        raise NotImplementedError
+
+
+def chunks(setup: list[str], body: list[str], size: int | None = None) -> list[list[str]]:
+    """``body`` split so that each chunk, with ``setup`` in front (the session's temp tables), fits
+    one BatchExecuteStatement."""
+    room = max(1, (size or MAX_BATCH_STATEMENTS) - len(setup))
+    return [setup + body[i:i + room] for i in range(0, len(body), room)] or [setup]
+
+
+class RedshiftRun:
+    """One run of the layer on Redshift: what the ``segment_tables`` Lambda does after each merge.
+
+    The Data API takes at most 40 statements per transaction, so a run with many tables commits in
+    chunks; the watermark moves in the last one, and each INSERT skips ids its table already has
+    in the batch's ``received_at`` range, so a run that dies between chunks is redone without
+    duplicates. DDL runs first, on its own (a rerun sees what exists and adds only what is missing).
+    """
+
+    def __init__(self, executor: Executor, names: ModelNames, limits: ss.Limits | None = None) -> None:
+        self.ex = executor
+        self.names = names
+        self.limits = limits or ss.Limits()
+        self.taken = [names.schema, names.kinesis_schema]
+
+    def run(self, now: dt.datetime | None = None) -> dict[str, Any]:
+        self.ex.run(state_sql(self.names))
+        [[after, upto]] = self.ex.query([bounds_sql(self.names)])
+        if upto is None:
+            return {"rows": 0, "tablesCreated": 0, "columnsAdded": 0, "deferred": 0, "loadedAt": after}
+        counted = self.ex.query([batch_rows_sql(self.names, after, upto)])
+        rows = [(s, t, e) for s, t, e, _ in counted]
+        observations = self.discover(after, upto)
+        pairs, events = batch_tables(rows)
+        schemas = sorted({ss.schema_name(s, self.taken) for s, _ in pairs} - {None})
+        existing: dict[tuple[str, str], dict[str, ss.Kind]] = {}
+        for schema, table, column, dtype in (self.ex.query([columns_sql(schemas)]) if schemas else []):
+            existing.setdefault((schema, table), {})[column] = _REDSHIFT_COLUMN_TYPES.get(
+                str(dtype).split("(")[0], ss.Kind.STRING)
+        plan = ss.plan(observations, existing, batch_tables=pairs, taken_schemas=self.taken, limits=self.limits)
+        ddl = [f"CREATE SCHEMA IF NOT EXISTS {ss.quote(s)};" for s in sorted({t.schema for t in plan.tables})]
+        ddl += [s for tp in plan.tables for s in ss.table_ddl(tp)]
+        for chunk in chunks([], ddl):
+            self.ex.run(chunk)
+        uuid_ts = _ts(now or dt.datetime.now(dt.UTC))
+        setup = stage_sql(self.names, after, upto, uuid_ts) + event_map_sql(events)
+        body = [self._guarded(tp) for tp in plan.tables if tp.kind != "users"]
+        for tp in plan.tables:
+            if tp.kind == "users":
+                ident = next(t for t in plan.tables if (t.schema, t.table) == (tp.schema, "identifies"))
+                body.extend(ss.users_sql(tp, ident, BATCH, USERS_SCRATCH))
+        body.append(advance_sql(self.names, upto))
+        batches = chunks(setup, body)
+        for chunk in batches:
+            self.ex.run(chunk)
+        return {"rows": sum(int(n) for *_, n in counted), "tablesCreated": sum(t.create for t in plan.tables),
+                "columnsAdded": sum(len(t.add) for t in plan.tables),
+                "deferred": plan.deferred_tables + plan.deferred_columns, "loadedAt": upto,
+                "transactions": len(batches)}
+
+    def _guarded(self, tp: ss.TablePlan) -> str:
+        """The INSERT, skipping ids the table already has for the batch (a chunk redone)."""
+        sql = ss.insert_sql(tp, BATCH, EVENT_MAP).rstrip(";")
+        target = f"{ss.quote(tp.schema)}.{ss.quote(tp.table)}"
+        return (sql + f"\n  AND NOT EXISTS (SELECT 1 FROM {target} AS t WHERE t.id = LEFT(b.message_id, "
+                f"{ss.STRING_CHARS}) AND t.received_at >= (SELECT MIN(received_at) FROM {BATCH}));")
+
+    def discover(self, after: str, upto: str) -> list[ss.Observation]:
+        """Keys of the batch's properties and traits, level by level down to :data:`MAX_DEPTH`."""
+        out: list[ss.Observation] = []
+        parents: list[tuple[str, tuple[str, ...]]] = [("properties", ()), ("traits", ())]
+        for _ in range(MAX_DEPTH):
+            if not parents:
+                break
+            rows = self.ex.query([*CASE_SENSITIVE, discovery_sql(self.names, after, upto, parents)])
+            deeper: set[tuple[str, tuple[str, ...]]] = set()
+            for source, msg_type, ev, root, parent, key, json_type, ints, stamps in rows:
+                path = (*parents[int(parent)][1], key)
+                if json_type == "object":
+                    deeper.add((root, path))
+                    continue
+                kind = kind_from_redshift(json_type, ints, stamps)
+                if kind is None:
+                    continue
+                for table in tables_of(source, msg_type, ev, root):
+                    out.append(ss.Observation(source, table, root, path, kind))
+            parents = sorted(deeper)[:MAX_OBJECT_PATHS]
+        return out
+
+
+class DataApiExecutor(Executor):
+    """The Redshift Data API (boto3 ``redshift-data``): one BatchExecuteStatement per call, polled."""
+
+    def __init__(self, client: Any, target: Mapping[str, str], poll: float = 0.5, timeout: float = 600) -> None:
+        self.client = client
+        self.target = dict(target)  # WorkgroupName or ClusterIdentifier (+ DbUser/SecretArn), Database
+        self.poll, self.timeout = poll, timeout
+
+    def _wait(self, statement_id: str) -> dict:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            d = self.client.describe_statement(Id=statement_id)
+            if d["Status"] == "FINISHED":
+                return d
+            if d["Status"] in ("FAILED", "ABORTED"):
+                raise RuntimeError(f"Redshift statement {d['Status']}: {d.get('Error', '')}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Redshift statement {statement_id} still {d['Status']}")
+            time.sleep(self.poll)
+
+    def run(self, sqls: list[str]) -> None:
+        if sqls:
+            self._wait(self.client.batch_execute_statement(Sqls=sqls, **self.target)["Id"])
+
+    def query(self, sqls: list[str]) -> list[list[Any]]:
+        d = self._wait(self.client.batch_execute_statement(Sqls=sqls, **self.target)["Id"])
+        subs = d.get("SubStatements") or []
+        result_id = subs[-1]["Id"] if subs else d["Id"]
+        out: list[list[Any]] = []
+        kwargs: dict[str, Any] = {"Id": result_id}
+        while True:
+            page = self.client.get_statement_result(**kwargs)
+            for record in page.get("Records", []):
+                out.append([_field(f) for f in record])
+            if not page.get("NextToken"):
+                return out
+            kwargs["NextToken"] = page["NextToken"]
+
+
+def _field(field: Mapping[str, Any]) -> Any:
+    if field.get("isNull"):
+        return None
+    for key in ("stringValue", "longValue", "doubleValue", "booleanValue"):
+        if key in field:
+            return field[key]
+    return None

@@ -18,12 +18,12 @@ from clickstream.warehouse import Warehouse
 _seq = itertools.count(1)
 
 
-def feed(wh: Warehouse, messages: list[dict], source: str = "web") -> None:
+def feed(wh: Warehouse, messages: list[dict], source: str = "web", received_ms: int | None = None) -> None:
     """Messages through the real envelope and loader (load -> merge -> the Segment layer's hook)."""
     loaded = []
     for i in range(0, len(messages), 500):  # one load, in requests of the API's largest batch
-        info = RequestInfo(route="b", request_id=f"req{next(_seq)}", received_at_ms=int(time.time() * 1000),
-                           ip="203.0.113.5")
+        info = RequestInfo(route="b", request_id=f"req{next(_seq)}", ip="203.0.113.5",
+                           received_at_ms=received_ms or int(time.time() * 1000))
         records = build_records(info, orjson.dumps({"batch": messages[i:i + 500], "writeKey": "k"}), {"k": source})
         loaded += [StreamRecord(next(_seq), r.partition_key, r.data, info.received_at_ms) for r in records]
     wh.load(loaded)

@@ -212,3 +212,23 @@ def test_a_thousand_distinct_event_names(wh):
     assert rows(wh, "SELECT id, n, event FROM web.event_number_999") == [
         {"id": "m999", "n": 999, "event": "event_number_999"}]
     assert rows(wh, "SELECT COUNT(DISTINCT event) AS n FROM web.tracks")[0]["n"] == 1000
+
+
+def test_context_json_is_flattened_when_the_combined_table_keeps_it(wh, monkeypatch):
+    """`events` may keep the whole merged context as JSON: then every context key becomes a
+    context_* column (Segment: context.app.version -> context_app_version)."""
+    monkeypatch.setattr(st, "after_merge", lambda *a: None)
+    feed(wh, [{"type": "screen", "anonymousId": "a", "messageId": "s", "name": "Home"},
+              {"type": "track", "event": "Opened", "anonymousId": "a", "messageId": "t"}])
+    wh.conn.execute("ALTER TABLE clickstream.events ADD COLUMN context VARCHAR")
+    wh.conn.execute("""UPDATE clickstream.events SET context = '{"app": {"version": "1.0.0", "build": 321},
+        "device": {"type": "ios"}, "os": {"name": "iOS"}, "page": {"url": "https://ignored.example/"},
+        "campaign": {"source": "news"}, "tags": ["x"]}'""")
+    layer = st.DuckDBSegment(wh.conn, wh.names)
+    assert layer.spread() == 2
+    for table in ("screens", "tracks", "opened"):
+        [row] = rows(wh, f"SELECT * FROM web.{table}")
+        assert (row["context_app_version"], row["context_app_build"], row["context_device_type"],
+                row["context_os_name"], row["context_tags"]) == ("1.0.0", 321, "ios", "iOS", '["x"]')
+        # keys the combined table has as columns keep the model's values (its own context rules)
+        assert row["context_page_url"] is None and row["context_campaign_source"] is None

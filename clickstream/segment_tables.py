@@ -29,10 +29,12 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clickstream import segment_schema as ss
-from clickstream.sqlmodel import ModelNames
+
+if TYPE_CHECKING:  # the Lambda bundles this module without sqlglot, which sqlmodel imports
+    from clickstream.sqlmodel import ModelNames
 
 log = logging.getLogger("clickstream.segment")
 
@@ -178,6 +180,8 @@ class DuckDBSegment:
     """The layer on the local warehouse: one instance per DuckDB connection (the loader's)."""
 
     def __init__(self, conn: Any, names: ModelNames | None = None, limits: ss.Limits | None = None) -> None:
+        from clickstream.sqlmodel import ModelNames
+
         self.conn = conn
         self.names = names or ModelNames()
         self.limits = limits or ss.Limits()
@@ -435,6 +439,14 @@ def chunks(setup: list[str], body: list[str], size: int | None = None) -> list[l
     return [setup + body[i:i + room] for i in range(0, len(body), room)] or [setup]
 
 
+@dataclass(frozen=True)
+class SchemaNames:
+    """The names a Redshift run needs (a :class:`clickstream.sqlmodel.ModelNames` has them too)."""
+
+    schema: str = "clickstream"
+    kinesis_schema: str = "kinesis"
+
+
 class RedshiftRun:
     """One run of the layer on Redshift: what the ``segment_tables`` Lambda does after each merge.
 
@@ -444,7 +456,8 @@ class RedshiftRun:
     duplicates. DDL runs first, on its own (a rerun sees what exists and adds only what is missing).
     """
 
-    def __init__(self, executor: Executor, names: ModelNames, limits: ss.Limits | None = None) -> None:
+    def __init__(self, executor: Executor, names: ModelNames | SchemaNames,
+                 limits: ss.Limits | None = None) -> None:
         self.ex = executor
         self.names = names
         self.limits = limits or ss.Limits()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -282,3 +283,24 @@ def test_handler_target_from_environment():
     assert lambda_handler.target_from_env({"DATABASE": "dev", "CLUSTER_IDENTIFIER": "c", "DB_USER": "u"}) == {
         "Database": "dev", "ClusterIdentifier": "c", "DbUser": "u"}
     assert ModelNames().schema == "clickstream"
+
+
+def test_the_lambda_bundle_imports_without_sqlglot_or_duckdb(tmp_path):
+    """What CDK's bundling copies (handler + the listed clickstream modules) imports on a runtime that
+    has boto3 and Powertools but neither sqlglot nor duckdb."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "clickstream").mkdir()
+    shutil.copyfile(root / "functions" / "segment_tables" / "handler.py", tmp_path / "handler.py")
+    for module in ("__init__", "segment_schema", "segment_tables"):
+        shutil.copyfile(root / "clickstream" / f"{module}.py", tmp_path / "clickstream" / f"{module}.py")
+    code = ("import sys; sys.modules['sqlglot'] = None; sys.modules['duckdb'] = None; "
+            f"sys.path.insert(0, {str(tmp_path)!r}); import handler; "
+            "print(handler.RedshiftRun.__name__, handler.SchemaNames().schema)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path, env={"POWERTOOLS_TRACE_DISABLED": "1", "AWS_DEFAULT_REGION": "us-east-1",
+                                            "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["RedshiftRun", "clickstream"]

@@ -4,7 +4,8 @@ Runs after the merge (and its watermark update) succeeded. Input (all optional):
 ``{"maxNewTables": 2000, "maxNewColumns": 2000, "maxColumnsPerTable": 1500}``.
 Output: ``{"rows", "tablesCreated", "columnsAdded", "deferred", "loadedAt", "transactions"}``.
 The logic is :class:`clickstream.segment_tables.RedshiftRun`; the SQL comes from
-:mod:`clickstream.segment_schema`, the same definition the local warehouse uses.
+:mod:`clickstream.segment_schema`, the same definition the local warehouse uses. Bundle with the
+modules ``segment_schema`` and ``segment_tables`` (neither needs sqlglot or duckdb).
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from clickstream.segment_schema import Limits
-from clickstream.segment_tables import DataApiExecutor, RedshiftRun
-from clickstream.sqlmodel import ModelNames
+from clickstream.segment_tables import DataApiExecutor, RedshiftRun, SchemaNames
 
 # Where the SQL runs: a Serverless workgroup, or a provisioned cluster (with DB_USER or SECRET_ARN).
 WORKGROUP_ENV, CLUSTER_ENV, DATABASE_ENV = "WORKGROUP_NAME", "CLUSTER_IDENTIFIER", "DATABASE"
@@ -47,8 +47,8 @@ def run(event: dict, client, env: dict[str, str] | os._Environ = os.environ) -> 
     limits = Limits(new_tables=int(event.get("maxNewTables", defaults.new_tables)),
                     new_columns=int(event.get("maxNewColumns", defaults.new_columns)),
                     columns_per_table=int(event.get("maxColumnsPerTable", defaults.columns_per_table)))
-    names = ModelNames(schema=env.get(SCHEMA_ENV, ModelNames.schema),
-                       kinesis_schema=env.get(KINESIS_SCHEMA_ENV, ModelNames.kinesis_schema))
+    names = SchemaNames(schema=env.get(SCHEMA_ENV, SchemaNames.schema),
+                        kinesis_schema=env.get(KINESIS_SCHEMA_ENV, SchemaNames.kinesis_schema))
     return RedshiftRun(DataApiExecutor(client, target_from_env(env)), names, limits).run()
 
 

@@ -194,6 +194,9 @@ class DuckDBSegment:
         # `context` JSON, when the combined table keeps it, is flattened too (context_app_version...).
         self.roots = ("properties", "traits", "context") if "context" in events_cols else ("properties", "traits")
         self.taken = [self.names.schema, self.names.kinesis_schema]
+        # Columns of the tables of the schemas seen so far, as of the last committed run: the catalog
+        # is read once per schema, not per run (it grows with every event table).
+        self._columns: dict[str, dict[tuple[str, str], dict[str, ss.Kind]]] = {}
 
     def spread(self) -> int:
         """Spread the rows `events` gained since the last run; returns how many rows were spread."""
@@ -201,28 +204,31 @@ class DuckDBSegment:
         c = self.conn
         c.execute("BEGIN")
         try:
-            n = self._spread()
+            n, plan = self._spread()
             c.execute("COMMIT")
         except Exception:
             c.execute("ROLLBACK")
+            self._columns.clear()  # read the catalog again: the run's DDL is undone
             raise
+        for tp in plan.tables if plan else ():
+            self._columns.setdefault(tp.schema, {})[(tp.schema, tp.table)] = dict(tp.columns)
         self.stats.seconds += time.perf_counter() - start
         self.stats.runs += 1
         self.stats.rows += n
         return n
 
-    def _spread(self) -> int:
+    def _spread(self) -> tuple[int, ss.Plan | None]:
         c = self.conn
         after = c.execute(f"SELECT loaded_at FROM {self.names.schema}.{STATE_TABLE} WHERE name = ?",
                           [STATE_NAME]).fetchone()[0]
         upto = c.execute(f"SELECT MAX(loaded_at) FROM {self.names.schema}.events WHERE loaded_at > ?",
                          [after]).fetchone()[0]
         if upto is None:
-            return 0
+            return 0, None
         after_s, upto_s = _ts(after), _ts(upto)
         for sql in stage_sql(self.names, after_s, upto_s, _ts(dt.datetime.now(dt.UTC)), view=True):
             c.execute(_duckdb(sql))
-        rows, observations = self._discover()
+        rows, observations, n = self._discover()
         pairs, events = batch_tables(rows)
         existing = self._existing(sorted({ss.schema_name(s, self.taken) for s, _ in pairs} - {None}))
         plan = ss.plan(observations, existing, batch_tables=pairs, taken_schemas=self.taken,
@@ -238,18 +244,20 @@ class DuckDBSegment:
         if plan.deferred_tables or plan.deferred_columns:
             log.warning("segment tables: %d new tables and %d new columns wait for a later run (limits %s)",
                         plan.deferred_tables, plan.deferred_columns, self.limits)
-        return c.execute(f"SELECT COUNT(*) FROM {BATCH}").fetchone()[0]
+        return n, plan
 
-    def _discover(self) -> tuple[list[tuple[str, str, str | None]], list[ss.Observation]]:
+    def _discover(self) -> tuple[list[tuple[str, str, str | None]], list[ss.Observation], int]:
         """Distinct key structures of the batch (one ``json_structure`` per JSON value, grouped), walked
         in Python: a batch of 50K events has only a few hundred distinct structures."""
         roots = ", ".join(f"json_structure({r}) AS s_{r}" for r in self.roots)
         result = self.conn.execute(
-            f"SELECT source, type, CASE WHEN type = 'track' THEN event_text END AS ev, {roots} "
+            f"SELECT source, type, CASE WHEN type = 'track' THEN event_text END AS ev, {roots}, COUNT(*) "
             f"FROM {BATCH} GROUP BY ALL").fetchall()
         rows: set[tuple[str, str, str | None]] = set()
         seen: set[ss.Observation] = set()
-        for source, msg_type, ev, *structures in result:
+        total = 0
+        for source, msg_type, ev, *structures, count in result:
+            total += count
             rows.add((source, msg_type, ev))
             for root, structure in zip(self.roots, structures, strict=True):
                 if structure is None:
@@ -261,18 +269,20 @@ class DuckDBSegment:
                     for table in targets:
                         seen.add(ss.Observation(source, table, root, path, kind))
         return sorted(rows, key=lambda r: (r[0], r[1], r[2] or "")), sorted(
-            seen, key=lambda o: (o.source, o.table, o.root, o.path, o.kind.value))
+            seen, key=lambda o: (o.source, o.table, o.root, o.path, o.kind.value)), total
 
     def _existing(self, schemas: list[str]) -> dict[tuple[str, str], dict[str, ss.Kind]]:
-        if not schemas:
-            return {}
-        out: dict[tuple[str, str], dict[str, ss.Kind]] = {}
-        for schema, table, column, dtype in self.conn.execute(
-                "SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns "
-                "WHERE table_schema IN (SELECT UNNEST(?)) ORDER BY table_schema, table_name, ordinal_position",
-                [schemas]).fetchall():
-            out.setdefault((schema, table), {})[column] = _COLUMN_TYPES.get(dtype, ss.Kind.STRING)
-        return out
+        missing = [s for s in schemas if s not in self._columns]
+        if missing:
+            for schema in missing:
+                self._columns[schema] = {}
+            for schema, table, column, dtype in self.conn.execute(
+                    "SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns "
+                    "WHERE table_schema IN (SELECT UNNEST(?)) ORDER BY table_schema, table_name, ordinal_position",
+                    [missing]).fetchall():
+                self._columns[schema].setdefault((schema, table), {})[column] = _COLUMN_TYPES.get(
+                    dtype, ss.Kind.STRING)
+        return {k: dict(v) for s in schemas for k, v in self._columns[s].items()}
 
     def _timestamps(self, plan: ss.Plan, existing: Mapping[tuple[str, str], Mapping[str, ss.Kind]]) -> None:
         """A new string column whose values in this batch are all ISO-8601 date-times is a timestamp
@@ -332,6 +342,8 @@ def after_merge(conn: Any, names: ModelNames) -> None:
     layer = _layers.get(id(conn))
     try:
         if layer is None or layer.conn is not conn:
+            while len(_layers) >= 16:  # connections come and go (tests); a dropped layer is rebuilt
+                _layers.pop(next(iter(_layers)))
             layer = _layers[id(conn)] = DuckDBSegment(conn, names)
         layer.spread()
         layer.stats.last_error = None

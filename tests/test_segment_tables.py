@@ -232,3 +232,20 @@ def test_context_json_is_flattened_when_the_combined_table_keeps_it(wh, monkeypa
                 row["context_os_name"], row["context_tags"]) == ("1.0.0", 321, "ios", "iOS", '["x"]')
         # keys the combined table has as columns keep the model's values (its own context rules)
         assert row["context_page_url"] is None and row["context_campaign_source"] is None
+
+
+def test_hostile_names_and_values_never_stop_the_layer(wh):
+    deep: dict = {"v": 1}
+    for i in range(40):
+        deep = {f"level{i}": deep}
+    props = {'a"b': "dq", "a'b": "sq", "a\\b": "bs", "": "empty", "%%": "symbols", "k" * 300: "long",
+             "huge": 1e308, "deep": deep, "nested": [1, [2, {"x": None}]], "none": {}}
+    feed(wh, [{"type": "track", "event": "Say \"hi\" 'there' \\", "userId": "u'\\", "messageId": "h1",
+               "properties": props}], source="we'b\\src")
+    assert st._layers[id(wh.conn)].stats.last_error is None
+    [row] = rows(wh, "SELECT * FROM we_b_src.say_hi_there")
+    assert row["user_id"] == "u'\\" and row["event_text"] == "Say \"hi\" 'there' \\"
+    assert row["a_b"] == "dq"  # three keys share the column: the first in sorted order wins
+    assert row["k" * ss.MAX_IDENTIFIER_BYTES] == "long" and row["huge"] == 1e308
+    assert row["nested"] == '[1,[2,{"x":null}]]'
+    assert len([c for c in row if c.startswith("deep_")]) == 1  # cut to 127 bytes, still one column

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -334,11 +335,16 @@ def _ts(value: dt.datetime) -> str:
 
 
 _layers: dict[int, DuckDBSegment] = {}
+# Set to "off" to leave the Segment tables out of the local loader (they roughly double what each
+# merge writes; see docs/warehouse-segment.md, Cost).
+ENABLE_ENV = "CLICKSTREAM_SEGMENT_TABLES"
 
 
 def after_merge(conn: Any, names: ModelNames) -> None:
     """The local loader's hook: spread what the merge added. A failure is logged and retried by the
     next merge (the watermark did not move); it never stops the combined tables from loading."""
+    if os.environ.get(ENABLE_ENV, "on").lower() in ("off", "0", "false", "no"):
+        return
     layer = _layers.get(id(conn))
     try:
         if layer is None or layer.conn is not conn:

@@ -249,3 +249,13 @@ def test_hostile_names_and_values_never_stop_the_layer(wh):
     assert row["k" * ss.MAX_IDENTIFIER_BYTES] == "long" and row["huge"] == 1e308
     assert row["nested"] == '[1,[2,{"x":null}]]'
     assert len([c for c in row if c.startswith("deep_")]) == 1  # cut to 127 bytes, still one column
+
+
+def test_the_layer_can_be_switched_off(wh, monkeypatch):
+    monkeypatch.setenv(st.ENABLE_ENV, "off")
+    feed(wh, [{"type": "track", "event": "Quiet", "userId": "u", "messageId": "q"}])
+    assert rows(wh, "SELECT COUNT(*) AS n FROM information_schema.schemata WHERE schema_name = 'web'")[0]["n"] == 0
+    monkeypatch.delenv(st.ENABLE_ENV)
+    feed(wh, [{"type": "track", "event": "Loud", "userId": "u", "messageId": "l"}])
+    # switched on again, it catches up from its own watermark: nothing is skipped
+    assert [r["id"] for r in rows(wh, "SELECT id FROM web.tracks ORDER BY id")] == ["l", "q"]

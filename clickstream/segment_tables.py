@@ -463,6 +463,7 @@ class SchemaNames:
 
     schema: str = "clickstream"
     kinesis_schema: str = "kinesis"
+    reader_role: str = "clickstream_reader"  # the setup's read-only role for BI tools and dbt
 
 
 class RedshiftRun:
@@ -500,6 +501,8 @@ class RedshiftRun:
         ddl += [s for tp in plan.tables for s in ss.table_ddl(tp)]
         for chunk in chunks([], ddl):
             self.ex.run(chunk)
+        if ddl:
+            self._grant(sorted({t.schema for t in plan.tables}))
         uuid_ts = _ts(now or dt.datetime.now(dt.UTC))
         setup = stage_sql(self.names, after, upto, uuid_ts) + event_map_sql(events)
         body = [self._guarded(tp) for tp in plan.tables if tp.kind != "users"]
@@ -515,6 +518,22 @@ class RedshiftRun:
                 "columnsAdded": sum(len(t.add) for t in plan.tables),
                 "deferred": plan.deferred_tables + plan.deferred_columns, "loadedAt": upto,
                 "transactions": len(batches)}
+
+    def _grant(self, schemas: list[str]) -> None:
+        """Read access for the setup's reader role on the source schemas and their (new) tables.
+        A failure (e.g. a warehouse set up before the role existed) is logged, not fatal: the tables
+        still fill. https://docs.aws.amazon.com/redshift/latest/dg/r_GRANT.html"""
+        role = getattr(self.names, "reader_role", "")
+        if not role:
+            return
+        grants = [g for s in schemas for g in (f"GRANT USAGE ON SCHEMA {ss.quote(s)} TO ROLE {ss.quote(role)};",
+                                               f"GRANT SELECT ON ALL TABLES IN SCHEMA {ss.quote(s)} TO ROLE "
+                                               f"{ss.quote(role)};")]
+        try:
+            for chunk in chunks([], grants):
+                self.ex.run(chunk)
+        except Exception:
+            log.exception("segment tables: granting read access to role %s failed", role)
 
     def _guarded(self, tp: ss.TablePlan) -> str:
         """The INSERT, skipping ids the table already has for the batch (a chunk redone)."""

@@ -47,7 +47,7 @@ class DuckDBRedshift(st.Executor):
         self.batches: list[list[str]] = []
 
     def _one(self, sql: str) -> list[list[Any]]:
-        if sql.startswith("SET "):
+        if sql.startswith(("SET ", "GRANT ")):  # session settings and roles: nothing to do on DuckDB
             return []
         assert sqlglot.parse_one(sql, read="redshift") is not None
         if "UNPIVOT" in sql:
@@ -267,6 +267,10 @@ def test_handler_discovers_creates_and_adds_through_the_data_api(monkeypatch):
     assert 'ALTER TABLE "web"."order_completed" ADD COLUMN "address_city" VARCHAR(2048);' in sqls
     assert 'ALTER TABLE "web"."order_completed" ADD COLUMN "order_id" VARCHAR(2048);' in sqls
     assert any(s.startswith('CREATE TABLE IF NOT EXISTS "web"."tracks"') for s in sqls)
+    # the setup's reader role (BI tools, dbt) can read the source schema and its new tables
+    assert 'GRANT SELECT ON ALL TABLES IN SCHEMA "web" TO ROLE "clickstream_reader";' in sqls
+    assert sqls.index('GRANT USAGE ON SCHEMA "web" TO ROLE "clickstream_reader";') > max(
+        i for i, s in enumerate(sqls) if s.startswith("CREATE TABLE"))
     insert = next(s for s in sqls if s.startswith('INSERT INTO "web"."order_completed"'))
     assert "JSON_EXTRACT_PATH_TEXT(b.properties, 'address', 'city')" in insert
     assert "JSON_EXTRACT_PATH_TEXT(b.properties, 'orderId')" in insert and "NOT EXISTS" in insert

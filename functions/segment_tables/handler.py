@@ -23,7 +23,7 @@ from clickstream.segment_tables import DataApiExecutor, RedshiftRun, SchemaNames
 # Where the SQL runs: a Serverless workgroup, or a provisioned cluster (with DB_USER or SECRET_ARN).
 WORKGROUP_ENV, CLUSTER_ENV, DATABASE_ENV = "WORKGROUP_NAME", "CLUSTER_IDENTIFIER", "DATABASE"
 DB_USER_ENV, SECRET_ENV = "DB_USER", "SECRET_ARN"
-SCHEMA_ENV, KINESIS_SCHEMA_ENV = "SCHEMA", "KINESIS_SCHEMA"
+SCHEMA_ENV, KINESIS_SCHEMA_ENV, READER_ROLE_ENV = "SCHEMA", "KINESIS_SCHEMA", "READER_ROLE"
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics(namespace="Clickstream")
@@ -48,7 +48,8 @@ def run(event: dict, client, env: dict[str, str] | os._Environ = os.environ) -> 
                     new_columns=int(event.get("maxNewColumns", defaults.new_columns)),
                     columns_per_table=int(event.get("maxColumnsPerTable", defaults.columns_per_table)))
     names = SchemaNames(schema=env.get(SCHEMA_ENV, SchemaNames.schema),
-                        kinesis_schema=env.get(KINESIS_SCHEMA_ENV, SchemaNames.kinesis_schema))
+                        kinesis_schema=env.get(KINESIS_SCHEMA_ENV, SchemaNames.kinesis_schema),
+                        reader_role=env.get(READER_ROLE_ENV, SchemaNames.reader_role))
     return RedshiftRun(DataApiExecutor(client, target_from_env(env)), names, limits).run()
 
 

@@ -380,10 +380,13 @@ def bounds_sql(names: ModelNames) -> str:
             f"ON e.loaded_at > s.loaded_at WHERE s.name = '{STATE_NAME}' GROUP BY s.loaded_at;")
 
 
-def _batch_json(names: ModelNames, after: str, upto: str) -> str:
+def _batch_json(names: ModelNames, after: str, upto: str, context: bool = False) -> str:
     bounds = (f"loaded_at > CAST('{after}' AS TIMESTAMPTZ) AND loaded_at <= CAST('{upto}' AS TIMESTAMPTZ)")
     parts = []
-    for root, types in (("properties", ("track", "page", "screen")), ("traits", ("identify", "group"))):
+    roots = [("properties", ("track", "page", "screen")), ("traits", ("identify", "group"))]
+    if context:
+        roots.append(("context", ("track", "page", "screen", "identify", "group", "alias")))
+    for root, types in roots:
         in_types = ", ".join(f"'{t}'" for t in types)
         parts.append(
             f"SELECT source, type, CASE WHEN type = 'track' THEN event_text END AS ev, '{root}' AS root, "
@@ -392,7 +395,8 @@ def _batch_json(names: ModelNames, after: str, upto: str) -> str:
     return "\n    UNION ALL\n    ".join(parts)
 
 
-def discovery_sql(names: ModelNames, after: str, upto: str, parents: list[tuple[str, tuple[str, ...]]]) -> str:
+def discovery_sql(names: ModelNames, after: str, upto: str, parents: list[tuple[str, tuple[str, ...]]],
+                  context: bool = False) -> str:
     """Keys one level below each (root, object path) of the batch, with their JSON types (Redshift:
     JSON_PARSE once per value, PartiQL UNPIVOT over the object's attributes).
     https://docs.aws.amazon.com/redshift/latest/dg/query-super.html#unpivoting
@@ -411,7 +415,14 @@ def discovery_sql(names: ModelNames, after: str, upto: str, parents: list[tuple[
             f"FROM b, UNPIVOT {nav} AS v AT k\n"
             f"WHERE b.root = '{root}' AND IS_OBJECT({nav}) -- {parent}\n"
             f"GROUP BY b.source, b.type, b.ev, b.root, k, JSON_TYPEOF(v)")
-    return (f"WITH b AS (\n    {_batch_json(names, after, upto)}\n)\n" + "\nUNION ALL\n".join(branches) + ";")
+    return (f"WITH b AS (\n    {_batch_json(names, after, upto, context)}\n)\n" + "\nUNION ALL\n".join(branches)
+            + ";")
+
+
+def context_column_sql(names: ModelNames) -> str:
+    """Whether `events` keeps the whole context as JSON (then its keys become context_* columns)."""
+    return (f"SELECT COUNT(*) FROM svv_columns WHERE table_schema = {ss.literal(names.schema)} "
+            "AND table_name = 'events' AND column_name = 'context';")
 
 
 def columns_sql(schemas: list[str]) -> str:
@@ -489,7 +500,8 @@ class RedshiftRun:
             return {"rows": 0, "tablesCreated": 0, "columnsAdded": 0, "deferred": 0, "loadedAt": after}
         counted = self.ex.query([batch_rows_sql(self.names, after, upto)])
         rows = [(s, t, e) for s, t, e, _ in counted]
-        observations = self.discover(after, upto)
+        [[has_context]] = self.ex.query([context_column_sql(self.names)])
+        observations = self.discover(after, upto, context=int(has_context) > 0)
         pairs, events = batch_tables(rows)
         schemas = sorted({ss.schema_name(s, self.taken) for s, _ in pairs} - {None})
         existing: dict[tuple[str, str], dict[str, ss.Kind]] = {}
@@ -542,14 +554,17 @@ class RedshiftRun:
         return (sql + f"\n  AND NOT EXISTS (SELECT 1 FROM {target} AS t WHERE t.id = LEFT(b.message_id, "
                 f"{ss.STRING_CHARS}) AND t.received_at >= (SELECT MIN(received_at) FROM {BATCH}));")
 
-    def discover(self, after: str, upto: str) -> list[ss.Observation]:
-        """Keys of the batch's properties and traits, level by level down to :data:`MAX_DEPTH`."""
+    def discover(self, after: str, upto: str, context: bool = False) -> list[ss.Observation]:
+        """Keys of the batch's properties and traits (and context), level by level down to
+        :data:`MAX_DEPTH`."""
         out: list[ss.Observation] = []
         parents: list[tuple[str, tuple[str, ...]]] = [("properties", ()), ("traits", ())]
+        if context:
+            parents.append(("context", ()))
         for _ in range(MAX_DEPTH):
             if not parents:
                 break
-            rows = self.ex.query([*CASE_SENSITIVE, discovery_sql(self.names, after, upto, parents)])
+            rows = self.ex.query([*CASE_SENSITIVE, discovery_sql(self.names, after, upto, parents, context)])
             deeper: set[tuple[str, tuple[str, ...]]] = set()
             for source, msg_type, ev, root, parent, key, json_type, ints, stamps in rows:
                 path = (*parents[int(parent)][1], key)

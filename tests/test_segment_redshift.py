@@ -54,7 +54,7 @@ class DuckDBRedshift(st.Executor):
             return self._discover(sql)
         if "svv_columns" in sql:
             out = self.conn.execute(transpile(sql.replace("svv_columns", "information_schema.columns"))).fetchall()
-            return [[s, t, c, _TYPES[d]] for s, t, c, d in out]
+            return [[s, t, c, _TYPES[d]] for s, t, c, d in out] if len(out[0] if out else ()) == 4 else out
         result = self.conn.execute(transpile(sql))
         return [list(r) for r in result.fetchall()] if result.description else []
 
@@ -81,14 +81,16 @@ class DuckDBRedshift(st.Executor):
         parents = [(int(i), root, tuple(json.loads(p))) for i, root, p in re.findall(
             r"SELECT b\.source, b\.type, b\.ev, b\.root, (\d+) AS parent.*?WHERE b\.root = '(\w+)' "
             r"AND IS_OBJECT\(.*?\) -- '(.*?)'\n", sql, re.S)]
+        context = "'context' AS root" in sql
         batch = self.conn.execute(
-            "SELECT source, type, CASE WHEN type = 'track' THEN event_text END, properties, traits "
-            "FROM clickstream.events WHERE loaded_at > CAST(? AS TIMESTAMPTZ) AND loaded_at <= CAST(? AS TIMESTAMPTZ)",
+            "SELECT source, type, CASE WHEN type = 'track' THEN event_text END, properties, traits, "
+            f"{'context' if context else 'NULL'} FROM clickstream.events "
+            "WHERE loaded_at > CAST(? AS TIMESTAMPTZ) AND loaded_at <= CAST(? AS TIMESTAMPTZ)",
             [after, upto]).fetchall()
         groups: dict[tuple, list[Any]] = {}
-        for source, msg_type, ev, props, traits in batch:
+        for source, msg_type, ev, props, traits, ctx in batch:
             docs = {"properties": props if msg_type in ("track", "page", "screen") else None,
-                    "traits": traits if msg_type in ("identify", "group") else None}
+                    "traits": traits if msg_type in ("identify", "group") else None, "context": ctx}
             for i, root, path in parents:
                 node = json.loads(docs[root]) if docs[root] else None
                 for key in path:
@@ -164,6 +166,30 @@ def test_redshift_sql_transpiled_gives_the_same_tables_as_the_local_layer(tmp_pa
     assert alters == ['ALTER TABLE "web"."order_completed" ADD COLUMN "coupon" VARCHAR(2048);']
     local.close()
     remote.close()
+
+
+def test_context_json_gives_the_same_columns_on_both_warehouses(tmp_path, monkeypatch):
+    context = ('{"app": {"version": "1.0.0", "build": 321}, "device": {"type": "ios"}, "Os": {"Name": "iOS"}, '
+               '"page": {"url": "https://ignored.example/"}}')
+    monkeypatch.setattr(st, "after_merge", lambda *a: None)
+    snapshots = []
+    for name in ("local", "remote"):
+        wh = Warehouse(tmp_path / f"{name}.duckdb")
+        feed(wh, MESSAGES, received_ms=T0)
+        wh.conn.execute("ALTER TABLE clickstream.events ADD COLUMN context VARCHAR")
+        wh.conn.execute(f"UPDATE clickstream.events SET context = '{context}'")
+        if name == "local":
+            st.DuckDBSegment(wh.conn, wh.names).spread()
+        else:
+            st.RedshiftRun(DuckDBRedshift(wh), wh.names).run()
+        snapshots.append(_snapshot(wh))
+        wh.close()
+    local, remote = snapshots
+    assert remote == local
+    [screen] = remote["screens"][1]
+    assert (screen["context_app_version"], screen["context_app_build"], screen["context_os_name"]) == (
+        "1.0.0", 321, "iOS")
+    assert screen["context_page_url"] is None  # the combined table's own context_page_url wins
 
 
 def test_a_run_redone_after_a_failed_chunk_adds_no_duplicates(tmp_path, monkeypatch):
@@ -246,6 +272,7 @@ def test_handler_discovers_creates_and_adds_through_the_data_api(monkeypatch):
                  ("total", "double precision")]]
     fake = FakeDataApi(monkeypatch, [
         ("AS after_ts", [["1970-01-01 00:00:00+00", "2026-11-30 10:00:00+00"]]),
+        ("column_name = 'context'", [[0]]),  # events without a context JSON column
         ("COUNT(*) AS n", [["web", "track", "Order Completed", 1]]),
         ("UNPIVOT b.j.\"address\"", [["web", "track", "Order Completed", "properties", 0, "city", "string",
                                       None, False]]),

@@ -26,6 +26,7 @@ from typing import Any
 
 import duckdb
 
+from clickstream import segment_tables
 from clickstream.redshift_rules import MAX_RECORD_BYTES, has_duplicate_keys
 from clickstream.sqlmodel import ModelNames, Statement, duckdb_statements
 from clickstream.stream import LocalStream, StreamRecord
@@ -198,6 +199,14 @@ class Warehouse:
             raise
         self.stats.merges += 1
 
+    def spread_segment_tables(self) -> None:
+        """Spread the events merged since the last call into Segment's per-source tables.
+
+        Not part of :meth:`merge`: the loader calls it once it has caught up with the stream, so a
+        burst is merged into ``events`` at full speed and the per-event tables follow in one larger
+        pass (a failure there is logged and retried; it never stops ``events`` from loading)."""
+        segment_tables.after_merge(self.conn, self.names)
+
     def load_from(self, stream: LocalStream, batch: int = 50_000) -> int:
         """Load everything the stream has beyond what is loaded; returns the number of records."""
         total = 0
@@ -292,6 +301,8 @@ class Loader:
                 if self._merge_due and not loaded:
                     self.warehouse.merge()
                     stream.set_checkpoint(LOADER_CONSUMER, self.warehouse.last_loaded_seq())
+                if loaded or self._merge_due:
+                    self.warehouse.spread_segment_tables()  # caught up: the per-event tables follow
                 self._merge_due = False
             except Exception:
                 self._merge_due = True  # rows may be loaded but not merged: the retry merges them

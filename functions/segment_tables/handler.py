@@ -1,0 +1,66 @@
+"""Refresh workflow step: spread the rows the merge added to `events` into Segment's per-source tables.
+
+Runs after the merge (and its watermark update) succeeded. Input (all optional):
+``{"maxNewTables": 2000, "maxNewColumns": 2000, "maxColumnsPerTable": 1500}``.
+Output: ``{"rows", "tablesCreated", "columnsAdded", "deferred", "loadedAt", "transactions"}``.
+The logic is :class:`clickstream.segment_tables.RedshiftRun`; the SQL comes from
+:mod:`clickstream.segment_schema`, the same definition the local warehouse uses. Bundle with the
+modules ``segment_schema`` and ``segment_tables`` (neither needs sqlglot or duckdb).
+"""
+
+from __future__ import annotations
+
+import os
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from clickstream.segment_schema import Limits
+from clickstream.segment_tables import DataApiExecutor, RedshiftRun, SchemaNames
+
+# Where the SQL runs: a Serverless workgroup, or a provisioned cluster (with DB_USER or SECRET_ARN).
+WORKGROUP_ENV, CLUSTER_ENV, DATABASE_ENV = "WORKGROUP_NAME", "CLUSTER_IDENTIFIER", "DATABASE"
+DB_USER_ENV, SECRET_ENV = "DB_USER", "SECRET_ARN"
+SCHEMA_ENV, KINESIS_SCHEMA_ENV, READER_ROLE_ENV = "SCHEMA", "KINESIS_SCHEMA", "READER_ROLE"
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics(namespace="Clickstream")
+
+
+def target_from_env(env: dict[str, str] | os._Environ = os.environ) -> dict[str, str]:
+    target = {"Database": env[DATABASE_ENV]}
+    if env.get(WORKGROUP_ENV):
+        target["WorkgroupName"] = env[WORKGROUP_ENV]
+    else:
+        target["ClusterIdentifier"] = env[CLUSTER_ENV]
+        if env.get(SECRET_ENV):
+            target["SecretArn"] = env[SECRET_ENV]
+        elif env.get(DB_USER_ENV):
+            target["DbUser"] = env[DB_USER_ENV]
+    return target
+
+
+def run(event: dict, client, env: dict[str, str] | os._Environ = os.environ) -> dict:
+    defaults = Limits()
+    limits = Limits(new_tables=int(event.get("maxNewTables", defaults.new_tables)),
+                    new_columns=int(event.get("maxNewColumns", defaults.new_columns)),
+                    columns_per_table=int(event.get("maxColumnsPerTable", defaults.columns_per_table)))
+    names = SchemaNames(schema=env.get(SCHEMA_ENV, SchemaNames.schema),
+                        kinesis_schema=env.get(KINESIS_SCHEMA_ENV, SchemaNames.kinesis_schema),
+                        reader_role=env.get(READER_ROLE_ENV, SchemaNames.reader_role))
+    return RedshiftRun(DataApiExecutor(client, target_from_env(env)), names, limits).run()
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict, context: LambdaContext) -> dict:
+    result = run(event or {}, boto3.client("redshift-data"))
+    logger.info("segment tables updated", extra=result)
+    metrics.add_metric(name="SegmentRowsSpread", unit=MetricUnit.Count, value=result["rows"])
+    metrics.add_metric(name="SegmentColumnsAdded", unit=MetricUnit.Count, value=result["columnsAdded"])
+    if result["deferred"]:
+        metrics.add_metric(name="SegmentSchemaDeferred", unit=MetricUnit.Count, value=result["deferred"])
+    return result

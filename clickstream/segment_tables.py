@@ -1,9 +1,9 @@
 """Segment's per-source tables, filled from the combined `events` table after merges.
 
 `events` stays the lossless record (full ``properties`` and ``traits`` JSON). After merges (locally
-once the loader has caught up, on Redshift after each refresh) the rows it gained are spread into Segment's schema (:mod:`clickstream.segment_schema` holds the rules):
-a schema per source (source ``web`` -> ``web.pages``, ``web.order_completed``...), tables and
-columns created as names first arrive. A run:
+once the loader has caught up, on Redshift after each refresh) the rows it gained are spread into
+Segment's schema (:mod:`clickstream.segment_schema` holds the rules): a schema per source (source
+``web`` -> ``web.pages``, ``web.order_completed``...), tables and columns created as names first arrive. A run:
 
 1. stages the new rows: `events` rows with ``loaded_at`` past the layer's own watermark
    (``<schema>.segment_load_state``), plus ``uuid_ts`` (this run's time);

@@ -62,6 +62,7 @@ class Collector:
         self.requests = 0
         self.events = 0
         self.refused: dict[str, int] = {}
+        self.console: Any = None  # clickstream.console.Console: the live events page, when mounted
         self._request_id = RequestIds()
         self._cors_any = self._cors_headers(None) if "*" in self.allowed_origins else None
 
@@ -72,6 +73,8 @@ class Collector:
             return
         if scope["type"] != "http":
             return
+        if self.console is not None and self.console.serves(scope["path"]):
+            return await self.console(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         cors = self._cors_any or self._cors_headers(headers.get("origin"))
         try:
@@ -84,6 +87,8 @@ class Collector:
             log.exception("unexpected error")
             err = IngestError("internal_error")
             status, body, extra = err.status, err.body(), self._retry_after(err.status)
+        if status >= 400 and self.console is not None:
+            self.console.refused(scope, headers, status, body)
         response_headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

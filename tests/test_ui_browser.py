@@ -119,8 +119,8 @@ def test_events_appear_live_refusals_chart_and_query(live_pipeline, page):
     live_pipeline.wait_loaded()
     page.click("nav [data-tab=status]")
     page.wait_for_function("() => document.querySelectorAll('#chart-svg rect.bar').length === 60", timeout=5000)
-    page.wait_for_function("() => Number(document.querySelector('#chart-svg rect.bar:last-of-type').dataset.events) >= 1",
-                           timeout=5000)
+    page.wait_for_function("() => [...document.querySelectorAll('#chart-svg rect.bar')]"
+                           ".reduce((n, e) => n + Number(e.dataset.events), 0) >= 4", timeout=5000)
     bars = page.eval_on_selector_all("#chart-svg rect.bar", "els => els.map(e => Number(e.dataset.events))")
     assert sum(bars) == 4 and bars[-1] + bars[-2] == 4  # all sent within the last minute or two
     heights = page.eval_on_selector_all("#chart-svg rect.bar", "els => els.map(e => e.getBBox().height)")
@@ -144,6 +144,15 @@ def test_events_appear_live_refusals_chart_and_query(live_pipeline, page):
     page.click("#run")
     page.wait_for_selector("#query-result table")
     assert page.locator("#query-result thead th").all_inner_texts() == ["day", "sessions", "people"]
+    assert page.locator("#query-result tbody td").all_inner_texts()[1:] == ["1", "1"]  # one person, one session
+    examples = page.locator("#examples option").all_inner_texts()[1:]
+    assert len(examples) >= 5
+    for label in examples:  # every example runs against the model as it is
+        page.select_option("#examples", label=label)
+        page.click("#run")
+        page.wait_for_function("() => !document.querySelector('#run').disabled"
+                               " && document.querySelector('#query-result').childElementCount > 0")
+        assert page.locator("#query-result .error").count() == 0, label
 
     # No script error, no CSP violation, no failed load but the refused DROP's answer.
     assert [e for e in errors if "status of 400" not in e] == []
@@ -166,7 +175,7 @@ def test_screenshot_of_the_live_events_page(live_pipeline, page, tmp_path):
     page.goto(url + "/_clickstream/")
     _wait_rows(page, "#events tbody tr", 10, timeout_s=5)
     page.locator("#events tbody tr").nth(2).click()
-    page.wait_for_function("() => document.querySelector('#summary').innerText.includes('events in the last hour')",
+    page.wait_for_function("() => document.querySelector('#summary').innerText === '10 records in the stream'",
                            timeout=5000)
     page.wait_for_function("() => !document.querySelector('#rejected-count').hidden", timeout=5000)
     time.sleep(1.3)  # let the arrival highlight fade

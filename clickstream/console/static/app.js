@@ -5,8 +5,10 @@
 
 const API = "api/";
 const POLL_MS = 400;          // live events: a short poll, so new events show within a second
-const SIDE_POLL_MS = 3000;    // rejected list and status
-const KEEP = 500;             // events kept in the list
+const BUSY_POLL_MS = 1000;    // when more arrive than can be shown anyway: less browser work
+const PAGE = 100;             // records asked for per poll (the newest)
+const SIDE_POLL_MS = 3000;    // refused requests, and status while its tab is open
+const KEEP = 200;             // events kept in the list
 
 const state = {
   after: 0,             // newest sequence number seen
@@ -51,6 +53,24 @@ function fmtAgo(ms) {
 }
 
 // -- live events ---------------------------------------------------------------------------
+// The server sends each record's stored bytes as text; summarizing here keeps that work out of
+// the collector's process.
+function summarize(item) {
+  let record = null;
+  try { record = JSON.parse(item.data); } catch (_) { /* not JSON: shown raw */ }
+  const ev = { seq: item.seq, arrivalMs: item.arrivalMs, partitionKey: item.partitionKey, raw: item.data, record,
+    source: null, type: null, name: null, userId: null, anonymousId: null };
+  if (!record || typeof record !== "object") return ev;
+  const msg = record.message && typeof record.message === "object" ? record.message : {};
+  ev.source = record.source ?? null;
+  ev.type = msg.type || record.routeType || null;
+  ev.name = ev.type === "track" ? msg.event : ev.type === "group" ? msg.groupId
+    : ev.type === "alias" ? msg.previousId : msg.name;
+  ev.userId = msg.userId ?? null;
+  ev.anonymousId = msg.anonymousId ?? null;
+  return ev;
+}
+
 function filters() {
   return { source: $("f-source").value, type: $("f-type").value, q: $("f-text").value.trim() };
 }
@@ -59,7 +79,7 @@ function matches(ev, f) {
   if (f.source && ev.source !== f.source) return false;
   if (f.type && ev.type !== f.type) return false;
   if (f.q) {
-    const text = (ev.record ? JSON.stringify(ev.record) : ev.raw || "").toLowerCase();
+    const text = ev.raw.toLowerCase();
     if (!text.includes(f.q.toLowerCase())) return false;
   }
   return true;
@@ -77,14 +97,30 @@ function eventRow(ev, fresh) {
   return row;
 }
 
-function renderEvents(freshFrom) {
+function setEmptyNote(shown) {
+  const note = $("events-empty");
+  note.hidden = shown > 0;
+  note.textContent = state.events.length && !shown ? "No event matches the filters."
+    : "Waiting for events… send one with the command the server printed at start.";
+}
+
+// The whole list, after a filter change.
+function renderEvents() {
+  const f = filters();
+  const rows = state.events.filter((ev) => matches(ev, f));
+  $("events").tBodies[0].replaceChildren(...rows.map((ev) => eventRow(ev, false)));
+  setEmptyNote(rows.length);
+}
+
+// New events only: prepended, the oldest rows dropped (cheap however fast events arrive).
+function prependEvents(fresh) {
   const f = filters();
   const body = $("events").tBodies[0];
-  const rows = state.events.filter((ev) => matches(ev, f)).slice(0, KEEP);
-  body.replaceChildren(...rows.map((ev) => eventRow(ev, ev.seq > freshFrom)));
-  $("events-empty").hidden = rows.length > 0;
-  if (state.events.length && !rows.length) $("events-empty").textContent = "No event matches the filters.";
-  else $("events-empty").textContent = "Waiting for events… send one with the command the server printed at start.";
+  const rows = fresh.filter((ev) => matches(ev, f));
+  const flash = rows.length <= 20;  // highlight arrivals only when they can be read
+  body.prepend(...rows.map((ev) => eventRow(ev, flash)));
+  while (body.rows.length > KEEP) body.deleteRow(-1);
+  setEmptyNote(body.rows.length);
 }
 
 function addSources(events) {
@@ -104,25 +140,28 @@ function addSources(events) {
 }
 
 async function pollEvents() {
+  let wait = POLL_MS;
   if (!state.paused) {
     try {
       const f = filters();
-      const params = new URLSearchParams({ after: String(state.after) });
+      const params = new URLSearchParams({ after: String(state.after), limit: String(PAGE) });
       for (const [k, v] of Object.entries(f)) if (v) params.set(k, v);
       const data = await getJSON("events?" + params);
-      const previous = state.after;
-      if (data.events.length) {
-        state.events = data.events.concat(state.events.filter((e) => e.seq <= previous)).slice(0, KEEP);
-        addSources(data.events);
+      const fresh = data.events.map(summarize);
+      if (fresh.length) {
+        state.events = fresh.concat(state.events).slice(0, KEEP);
+        addSources(fresh);
+        prependEvents(fresh);
       }
+      if (data.skipped > 0 || data.events.length >= PAGE) wait = BUSY_POLL_MS;
       state.after = Math.max(state.after, data.last);
-      if (data.events.length || previous === 0) renderEvents(previous === 0 ? Infinity : previous);
+      $("summary").textContent = `${data.last.toLocaleString()} records in the stream`;
       setLive("live");
     } catch (err) {
       setLive("down", err.message);
     }
   }
-  setTimeout(pollEvents, POLL_MS);
+  setTimeout(pollEvents, wait);
 }
 
 function setLive(kind, why) {
@@ -154,9 +193,12 @@ function resultTable(columns, rows, options = {}) {
   return el("table", { class: "grid" }, el("thead", {}, head), el("tbody", {}, ...body));
 }
 
+// The refused ring is cheap to read: polled all the time for the tab's badge. The warehouse's
+// `rejected` table takes a query: read only while the tab is open.
 async function pollRejected() {
+  const open = state.tab === "rejected";
   try {
-    const data = await getJSON("rejected");
+    const data = await getJSON(open ? "rejected" : "refused");
     $("ring-note").textContent = `(newest ${data.ringSize} kept)`;
     const body = $("refused").tBodies[0];
     body.replaceChildren(...data.refused.map((r) => el("tr", {},
@@ -171,9 +213,10 @@ async function pollRejected() {
     const newest = data.refused.length ? data.refused[0].at_ms : 0;
     const badge = $("rejected-count");
     const unseen = data.refused.filter((r) => r.at_ms > state.refusedSeen).length;
-    if (state.tab === "rejected") state.refusedSeen = newest;
-    badge.hidden = state.tab === "rejected" || unseen === 0;
+    if (open) state.refusedSeen = newest;
+    badge.hidden = open || unseen === 0;
     badge.textContent = String(unseen);
+    if (!data.warehouse) return;
     const wh = $("wh-rejected");
     if (data.warehouse.error) wh.replaceChildren(el("p", { class: "error" }, data.warehouse.error));
     else wh.replaceChildren(resultTable(data.warehouse.columns, data.warehouse.rows,
@@ -188,6 +231,7 @@ const EXAMPLES = [
   ["Latest tracks", "SELECT event, user_id, anonymous_id, timestamp FROM clickstream.tracks ORDER BY timestamp DESC LIMIT 20"],
   ["Events per type and source", "SELECT source, type, COUNT(*) AS events FROM clickstream.events GROUP BY 1, 2 ORDER BY 3 DESC"],
   ["Track events by name", "SELECT event, COUNT(*) AS n, COUNT(DISTINCT COALESCE(user_id, anonymous_id)) AS people FROM clickstream.tracks GROUP BY 1 ORDER BY 2 DESC"],
+  ["One event's rows (like a Segment per-event table)", "SELECT timestamp, user_id, anonymous_id, properties FROM clickstream.tracks WHERE event = 'product_viewed' ORDER BY timestamp DESC LIMIT 20"],
   ["Pages viewed", "SELECT context_page_path AS path, COUNT(*) AS views FROM clickstream.pages GROUP BY 1 ORDER BY 2 DESC LIMIT 20"],
   ["Sessions by day (30 min inactivity)", `WITH t AS (
   SELECT COALESCE(user_id, anonymous_id) AS who, timestamp,
@@ -256,8 +300,9 @@ function drawChart(points) {
       class: "bar", "data-events": p.events });
     bar.append(svg("title", {}, `${new Date(p.minute).toLocaleTimeString(undefined, { hour12: false })}: ${p.events} events`));
     root.append(bar);
-    if (i % 10 === 0 || i === points.length - 1) {
-      root.append(svg("text", { x: left + i * step + step / 2, y: H - 5, "text-anchor": "middle" },
+    if (i % 10 === 0 && i < points.length - 5 || i === points.length - 1) {
+      const last = i === points.length - 1;
+      root.append(svg("text", { x: last ? W : left + i * step + step / 2, y: H - 5, "text-anchor": last ? "end" : "middle" },
         new Date(p.minute).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", hour12: false })));
     }
   });
@@ -269,8 +314,8 @@ function fillDl(id, entries) {
 }
 
 function lagText(c) {
-  if (c.checkpoint == null) return "not started";
-  return `${c.backlog.toLocaleString()} records` + (c.lagSeconds ? `, oldest ${c.lagSeconds} s` : "");
+  if (!c.backlog) return "caught up";
+  return `${c.backlog.toLocaleString()} records, oldest ${c.lagSeconds} s`;
 }
 
 async function pollStatus() {
@@ -279,7 +324,7 @@ async function pollStatus() {
     drawChart(s.perMinute);
     const lastMin = s.perMinute[s.perMinute.length - 1].events;
     const hour = s.perMinute.reduce((a, p) => a + p.events, 0);
-    $("summary").textContent = `${hour.toLocaleString()} events in the last hour · ${lastMin.toLocaleString()} this minute`;
+    $("chart-note").textContent = `${hour.toLocaleString()} in the last hour, ${lastMin.toLocaleString()} this minute`;
     fillDl("st-stream", [["records", s.stream.records.toLocaleString()], ["last sequence", s.stream.lastSeq],
       ["loader backlog", lagText(s.warehouse)], ["archiver backlog", lagText(s.archive)]]);
     fillDl("st-archive", [["objects", s.archive.objects.toLocaleString()],
@@ -296,7 +341,7 @@ async function pollStatus() {
     $("totals").replaceChildren(resultTable(["source", "type", "events"],
       s.totals.map((t) => [t.source, t.type, t.events]), { empty: "No events in the warehouse yet." }));
   } catch (err) {
-    $("summary").textContent = "status unavailable: " + err.message;
+    $("chart-note").textContent = "status unavailable: " + err.message;
   }
 }
 
@@ -318,7 +363,7 @@ function loop(fn, ms) {
 document.addEventListener("DOMContentLoaded", () => {
   for (const b of document.querySelectorAll("nav [role=tab]")) b.addEventListener("click", () => selectTab(b.dataset.tab));
   $("filters").addEventListener("submit", (e) => e.preventDefault());
-  for (const id of ["f-source", "f-type", "f-text"]) $(id).addEventListener("input", () => renderEvents(Infinity));
+  for (const id of ["f-source", "f-type", "f-text"]) $(id).addEventListener("input", renderEvents);
   $("pause").addEventListener("click", () => {
     state.paused = !state.paused;
     $("pause").setAttribute("aria-pressed", String(state.paused));
@@ -341,5 +386,5 @@ document.addEventListener("DOMContentLoaded", () => {
   if (["events", "rejected", "query", "status"].includes(initial)) selectTab(initial);
   pollEvents();
   loop(pollRejected, SIDE_POLL_MS);
-  loop(pollStatus, SIDE_POLL_MS);
+  loop(() => (state.tab === "status" ? pollStatus() : null), SIDE_POLL_MS);  // its queries only when seen
 });

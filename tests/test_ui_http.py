@@ -248,3 +248,12 @@ def test_minute_counts_scan_only_new_chunks(tmp_path):
     assert sum(p["events"] for p in counts.update(reader, now + 3_600_000)) == 0
     reader.close()
     conn.close()
+
+
+def test_non_loopback_clients_are_refused_even_with_a_loopback_host():
+    """With --host 0.0.0.0 the tracking API is on the network; the page and its data are not."""
+    headers = {"host": "127.0.0.1:8080"}
+    assert Console._refuse({"client": ("192.168.1.5", 50000)}, headers, data=False) == \
+        "the live events page answers loopback clients only"
+    assert Console._refuse({"client": ("127.0.0.1", 50000)}, headers, data=True) is None
+    assert Console._refuse({"client": ("::1", 50000)}, headers, data=True) is None

@@ -35,6 +35,7 @@ import orjson
 
 from clickstream import contract
 from clickstream.archive import ARCHIVE_DIR, ARCHIVE_PREFIX, ARCHIVER_CONSUMER, OBJECT_SUFFIX
+from clickstream.collector import ADMIN_QUERY_PATH
 from clickstream.sqlmodel import ModelNames
 from clickstream.stream import STREAM_FILE, LocalStream, StreamRecord, now_ms
 from clickstream.warehouse import LOADER_CONSUMER
@@ -50,8 +51,8 @@ PAGE_PATH = "/_clickstream/"
 API = PAGE_PATH + "api/"
 STATIC_FILES = {"": ("index.html", "text/html; charset=utf-8"), "app.js": ("app.js", "text/javascript; charset=utf-8"),
                 "app.css": ("app.css", "text/css; charset=utf-8")}
-# The collector's own loopback admin route lives under the same prefix; it is not ours.
-RESERVED = frozenset({PAGE_PATH + "query"})
+# The collector's own loopback admin route (`clickstream query`) lives under the same prefix; it is not ours.
+RESERVED = frozenset({ADMIN_QUERY_PATH})
 REFUSED_RING = 200  # refused requests kept in memory (newest win)
 EVENTS_PAGE = 100  # at most this many records per poll, the newest
 FILTER_WINDOW = 5000  # records scanned from the newest down when the page filters server-side

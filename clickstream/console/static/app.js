@@ -5,7 +5,8 @@
 
 const API = "api/";
 const POLL_MS = 400;          // live events: a short poll, so new events show within a second
-const BUSY_POLL_MS = 1000;    // when more arrive than can be shown anyway: less browser work
+const BUSY_POLL_MS = 1000;    // when more arrive than anyone can read: less browser work,
+const BUSY_PAGE = 25;         // fewer rows per poll (the newest; the rest are counted as skipped)
 const PAGE = 100;             // records asked for per poll (the newest)
 const SIDE_POLL_MS = 3000;    // refused requests, and status while its tab is open
 const KEEP = 200;             // events kept in the list
@@ -14,6 +15,7 @@ const state = {
   after: 0,             // newest sequence number seen
   events: [],           // newest first
   paused: false,
+  busy: false,          // more events arrive than can be shown: poll less, ask for fewer
   selected: null,       // seq of the record shown in the detail pane
   sources: new Set(),
   tab: "events",
@@ -144,7 +146,7 @@ async function pollEvents() {
   if (!state.paused) {
     try {
       const f = filters();
-      const params = new URLSearchParams({ after: String(state.after), limit: String(PAGE) });
+      const params = new URLSearchParams({ after: String(state.after), limit: String(state.busy ? BUSY_PAGE : PAGE) });
       for (const [k, v] of Object.entries(f)) if (v) params.set(k, v);
       const data = await getJSON("events?" + params);
       const fresh = data.events.map(summarize);
@@ -153,7 +155,8 @@ async function pollEvents() {
         addSources(fresh);
         prependEvents(fresh);
       }
-      if (data.skipped > 0 || data.events.length >= PAGE) wait = BUSY_POLL_MS;
+      state.busy = data.skipped > 0 || data.events.length >= PAGE;
+      if (state.busy) wait = BUSY_POLL_MS;
       state.after = Math.max(state.after, data.last);
       $("summary").textContent = `${data.last.toLocaleString()} records in the stream`;
       setLive("live");

@@ -207,6 +207,7 @@ def test_cross_origin_data_requests_are_refused(live_pipeline):
     assert httpx.post(url + API + "sql", content=b'{"sql":"SELECT 1"}', headers=evil).status_code == 403
     assert httpx.get(url + API + "events", headers={"Origin": "http://evil.example"}).status_code == 403
     assert httpx.get(url + API + "events", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
+    assert httpx.get(url + API + "events", headers={"Origin": "null"}).status_code == 403  # sandboxed, file://
     same = {"Origin": url, "Sec-Fetch-Site": "same-origin"}
     assert httpx.get(url + API + "events", headers=same).status_code == 200
     # The page itself holds no data: a link from elsewhere may open it.

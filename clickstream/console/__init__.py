@@ -55,7 +55,7 @@ STATIC_FILES = {"": ("index.html", "text/html; charset=utf-8"), "app.js": ("app.
 RESERVED = frozenset({ADMIN_QUERY_PATH})
 REFUSED_RING = 200  # refused requests kept in memory (newest win)
 EVENTS_PAGE = 100  # at most this many records per poll, the newest
-FILTER_WINDOW = 5000  # records scanned from the newest down when the page filters server-side
+FILTER_WINDOW = 2000  # records scanned from the newest down when the page filters server-side
 MAX_SQL_BYTES = 64 * 1024
 STATUS_TTL_SECONDS = 2.0  # status is computed at most this often, however many pages poll
 _SECURITY_HEADERS = [
@@ -295,7 +295,7 @@ class Console:
         if not data:
             return None
         origin = headers.get("origin")
-        if origin and origin != "null" and origin.lower() not in (f"http://{host}".lower(), f"https://{host}".lower()):
+        if origin and origin.lower() not in (f"http://{host}".lower(), f"https://{host}".lower()):
             return f"cross-origin request from {origin} refused"
         if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
             return "cross-site request refused"

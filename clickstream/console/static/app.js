@@ -9,7 +9,7 @@ const BUSY_POLL_MS = 1000;    // when more arrive than anyone can read: less bro
 const BUSY_PAGE = 25;         // fewer rows per poll (the newest; the rest are counted as skipped)
 const PAGE = 100;             // records asked for per poll (the newest)
 const SIDE_POLL_MS = 3000;    // refused requests, and status while its tab is open
-const KEEP = 200;             // events kept in the list
+const KEEP = 150;             // events kept in the list
 
 const state = {
   after: 0,             // newest sequence number seen
@@ -20,6 +20,7 @@ const state = {
   sources: new Set(),
   tab: "events",
   refusedSeen: 0,
+  refusedKey: "",       // what the refused table shows (length and newest), to skip redrawing it
 };
 
 const $ = (id) => document.getElementById(id);
@@ -158,7 +159,7 @@ async function pollEvents() {
       state.busy = data.skipped > 0 || data.events.length >= PAGE;
       if (state.busy) wait = BUSY_POLL_MS;
       state.after = Math.max(state.after, data.last);
-      $("summary").textContent = `${data.last.toLocaleString()} records in the stream`;
+      setText($("summary"), `${data.last.toLocaleString()} records in the stream`);
       setLive("live");
     } catch (err) {
       setLive("down", err.message);
@@ -167,11 +168,16 @@ async function pollEvents() {
   setTimeout(pollEvents, wait);
 }
 
+// DOM writes only when something changed: an unchanged poll then costs the browser no style or paint work.
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
 function setLive(kind, why) {
   const pill = $("live-state");
-  pill.className = "pill " + kind;
-  pill.textContent = kind === "down" ? "disconnected" : kind;
-  pill.title = why || "";
+  if (pill.className !== "pill " + kind) pill.className = "pill " + kind;
+  setText(pill, kind === "down" ? "disconnected" : kind);
+  if (pill.title !== (why || "")) pill.title = why || "";
 }
 
 function showDetail(seq) {
@@ -202,9 +208,10 @@ async function pollRejected() {
   const open = state.tab === "rejected";
   try {
     const data = await getJSON(open ? "rejected" : "refused");
-    $("ring-note").textContent = `(newest ${data.ringSize} kept)`;
+    setText($("ring-note"), `(newest ${data.ringSize} kept)`);
+    const key = `${data.refused.length}:${data.refused.length ? data.refused[0].at_ms : 0}`;
     const body = $("refused").tBodies[0];
-    body.replaceChildren(...data.refused.map((r) => el("tr", {},
+    if (key !== state.refusedKey) body.replaceChildren(...data.refused.map((r) => el("tr", {},
       el("td", { class: "mono", title: new Date(r.at_ms).toISOString() }, fmtTime(r.at_ms)),
       el("td", { class: `status-${String(r.status)[0]}` }, r.status),
       el("td", { class: "mono" }, r.code),
@@ -212,13 +219,14 @@ async function pollRejected() {
       el("td", {}, r.source ?? "unknown"),
       el("td", { class: "mono" }, `${r.method} ${r.path}`),
       el("td", { class: "mono", title: r.user_agent ?? "" }, r.ip))));
+    state.refusedKey = key;
     $("refused-empty").hidden = data.refused.length > 0;
     const newest = data.refused.length ? data.refused[0].at_ms : 0;
     const badge = $("rejected-count");
     const unseen = data.refused.filter((r) => r.at_ms > state.refusedSeen).length;
     if (open) state.refusedSeen = newest;
     badge.hidden = open || unseen === 0;
-    badge.textContent = String(unseen);
+    setText(badge, String(unseen));
     if (!data.warehouse) return;
     const wh = $("wh-rejected");
     if (data.warehouse.error) wh.replaceChildren(el("p", { class: "error" }, data.warehouse.error));

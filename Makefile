@@ -62,9 +62,12 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 
 ## Install everything the tests need, lint, and run the whole suite.
-test: $(VENV)/.installed-dev node_modules/.installed
+test: $(VENV)/.installed-dev node_modules/.installed | /usr/bin/chromium
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+/usr/bin/chromium:  # the page tests drive Debian's chromium; never a browser download
+	if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; else echo "no chromium: page tests will be skipped"; fi
 
 clean:
 	rm -rf $(VENV) .clickstream cdk.out .pytest_cache .hypothesis

@@ -67,6 +67,7 @@ class Collector:
         self.requests = 0
         self.events = 0
         self.refused: dict[str, int] = {}
+        self.console: Any = None  # clickstream.console.Console: the live events page, when mounted
         self._request_id = RequestIds()
         self._cors_any = self._cors_headers(None) if "*" in self.allowed_origins else None
         self._routes: dict[str, tuple[tuple[str, ...] | None, Handler]] = {}
@@ -97,7 +98,9 @@ class Collector:
             return
         if scope["type"] != "http":
             return
-        if self._mounts and scope["path"] not in self._routes:
+        if scope["path"] not in self._routes:
+            if self.console is not None and self.console.serves(scope["path"]):
+                return await self.console(scope, receive, send)
             for prefix, app in self._mounts:
                 if scope["path"].startswith(prefix):
                     await app(scope, receive, send)
@@ -114,6 +117,8 @@ class Collector:
             log.exception("unexpected error")
             err = IngestError("internal_error")
             status, body, extra = err.status, err.body(), self._retry_after(err.error)
+        if status >= 400 and self.console is not None:
+            self.console.refused(scope, headers, status, body)
         response_headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

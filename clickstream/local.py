@@ -16,6 +16,7 @@ import orjson
 from clickstream import contract, server
 from clickstream.archive import DEFAULT_BUFFER_BYTES, DEFAULT_BUFFER_SECONDS
 from clickstream.collector import ADMIN_QUERY_PATH, Collector
+from clickstream.console import PAGE_PATH, Console, process_health
 from clickstream.health import HEALTH_PATH, HealthReport
 from clickstream.query import LOCAL_STATE_FILE, write_state
 from clickstream.server import ServerLimits
@@ -40,6 +41,7 @@ def banner(host: str, port: int, write_keys: Mapping[str, str], data_dir: Path) 
             f"Clickstream local pipeline listening on {endpoint}",
             f"  write keys : {sources}",
             f"  data dir   : {data_dir}",
+            f"  live events: http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}{PAGE_PATH}",
             "",
             "Send an event with curl:",
             f"  {curl}",
@@ -120,6 +122,7 @@ def build_pipeline(
 
     app = Collector(write_keys, writer, api_host=f"{host}:{port}{contract.API_PREFIX}", allowed_origins=origins,
                     on_startup=[startup], on_shutdown=[shutdown], query=warehouse.query, admin_token=token)
+    app.console = Console(data_dir, write_keys, health=lambda: process_health({"loader+archiver": warehouse.process}))
 
     async def health_route(scope: dict, headers: dict[str, str], receive) -> tuple[int, bytes, list]:
         doc = await asyncio.to_thread(health)

@@ -60,10 +60,12 @@ run: $(VENV)/.installed-run
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
-## Install everything the tests need, lint, and run the whole suite.
+## Install everything the tests need, lint, type-check, and run the whole suite.
 test: $(VENV)/.installed-dev node_modules/.installed | /usr/bin/chromium
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 /usr/bin/chromium:  # the page tests drive Debian's chromium; never a browser download

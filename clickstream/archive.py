@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
-import io
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 
 from clickstream.contract import is_replayed
 
@@ -209,6 +208,19 @@ class ArchiveObject:
     size: int
 
 
+class Archive(Protocol):
+    """Where archived objects are read from: the local archive directory or the S3 bucket, with the
+    same keys (Firehose's layout), so replay and its tests need not know which."""
+
+    def list(self, start: dt.datetime, end: dt.datetime, prefix: str = ...) -> Iterator[ArchiveObject]:
+        """The objects whose hour prefix may hold records of [start, end]."""
+        ...
+
+    def open(self, key: str) -> IO[bytes]:
+        """The object's (gzip) bytes, as a readable file object."""
+        ...
+
+
 class LocalArchive:
     """The local archive directory, addressed by the same keys as S3."""
 
@@ -222,14 +234,14 @@ class LocalArchive:
                 for path in sorted(folder.glob(f"*{OBJECT_SUFFIX}")):
                     yield ArchiveObject(path.relative_to(self.root).as_posix(), path.stat().st_size)
 
-    def open(self, key: str) -> io.BufferedReader:
+    def open(self, key: str) -> IO[bytes]:
         return open(self.root / key, "rb")
 
 
 class S3Archive:
     """The deployed archive bucket (boto3; lists one hour prefix at a time with a paginator)."""
 
-    def __init__(self, url: str, client=None) -> None:
+    def __init__(self, url: str, client: Any = None) -> None:
         import boto3
 
         bucket, _, base = url.removeprefix("s3://").partition("/")
@@ -247,11 +259,12 @@ class S3Archive:
             for obj in page.get("Contents", []):
                 yield ArchiveObject(obj["Key"][len(self.base):], obj["Size"])
 
-    def open(self, key: str):
-        return self.client.get_object(Bucket=self.bucket, Key=self.base + key)["Body"]
+    def open(self, key: str) -> IO[bytes]:
+        # botocore's StreamingBody: read(), iteration and a context manager, all gzip needs.
+        return cast(IO[bytes], self.client.get_object(Bucket=self.bucket, Key=self.base + key)["Body"])
 
 
-def open_archive(location: str | Path, region: str | None = None):
+def open_archive(location: str | Path, region: str | None = None) -> Archive:
     """A local data/archive dir, or ``s3://bucket/prefix`` (``region`` for its S3 client)."""
     text = str(location)
     if text.startswith("s3://"):
@@ -262,7 +275,7 @@ def open_archive(location: str | Path, region: str | None = None):
     return LocalArchive(path / ARCHIVE_DIR if (path / ARCHIVE_DIR).is_dir() else path)
 
 
-def iter_records(archive, key: str) -> Iterator[bytes]:
+def iter_records(archive: Archive, key: str) -> Iterator[bytes]:
     """Stream the newline-delimited records of one object without loading it whole."""
     with archive.open(key) as raw, gzip.GzipFile(fileobj=raw) as fh:
         for line in fh:

@@ -105,7 +105,8 @@ class ServerProcess:
                 break
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start: {self.proc.stderr.read().decode()}") from None
+                    stderr = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                    raise RuntimeError(f"server did not start: {stderr}") from None
                 time.sleep(0.05)
 
     def peak_rss_mb(self) -> float:

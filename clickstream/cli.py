@@ -276,7 +276,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         return 2
     source = args.source or str(args.data_dir)
     archive = open_archive(source, args.region)
-    target = None
+    target: rp.Target | None = None
     if not args.dry_run:
         if args.target_stream:
             import boto3

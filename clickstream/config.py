@@ -253,4 +253,5 @@ def load_settings(get: Callable[[str], Any] | Mapping[str, Any]) -> Settings:
         errors.append(f"{key_of.get(field, field)}: {problem.split(' ', 1)[1]}")
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
-    return Settings(**{_FIELD_OF[k]: (tuple(val) if isinstance(val, list) else val) for k, val in values.items()})
+    given: dict[str, Any] = {_FIELD_OF[k]: (tuple(val) if isinstance(val, list) else val) for k, val in values.items()}
+    return Settings(**given)

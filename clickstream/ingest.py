@@ -285,9 +285,9 @@ def build_records(info: RequestInfo, body: bytes, write_keys: Mapping[str, str])
         "routeType": route_type,
         "batch": orjson.Fragment(_dumps(batch)),
     })
-    key = contract.partition_key
+    partition_key = contract.partition_key
     rid = info.request_id
-    records = [Record(key(rid, index), b"%b%d%b%b%b" % (head, index, mid, message, tail))
+    records = [Record(partition_key(rid, index), b"%b%d%b%b%b" % (head, index, mid, message, tail))
                for index, message in enumerate(encoded)]
     # The sizes check_record_limits would add up, from the frame (no per-record Python loop): the
     # total exactly, and an upper bound of the largest record. Only a request that may be over a

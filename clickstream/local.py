@@ -140,7 +140,9 @@ def run_local(*, host: str, port: int, data_dir: Path, write_keys: Mapping[str, 
     pipeline = build_pipeline(host=host, port=port, data_dir=data_dir, write_keys=write_keys, **options)
     config = server.config(pipeline.app, host, port, limits=server_limits, forwarded_allow_ips=forwarded_allow_ips,
                            loop="uvloop" if sys.platform != "win32" else "asyncio")
-    pipeline.health.refusals.append(config.http.refused)  # and the server's own (408, 414, 431, 503)
+    protocol = config.http  # server.config always sets our protocol class, never a name
+    assert isinstance(protocol, type) and issubclass(protocol, server.GuardedProtocol)
+    pipeline.health.refusals.append(protocol.refused)  # and the server's own (408, 414, 431, 503)
     print(banner(host, port, write_keys, data_dir), flush=True)
     server.Server(config).run()
     return 0

@@ -113,6 +113,7 @@ def format_rows(columns: list[str], rows: list[list[Any]], fmt: str, color: bool
     table = Table(*columns)
     for r in rows:
         table.add_row(*("" if v is None else str(v) for v in r))
-    console = Console(file=io.StringIO(), width=200, force_terminal=color, color_system="auto" if color else None)
+    out = io.StringIO()
+    console = Console(file=out, width=200, force_terminal=color, color_system="auto" if color else None)
     console.print(table)
-    return console.file.getvalue() + f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n"
+    return out.getvalue() + f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n"

@@ -101,7 +101,7 @@ class Violation:
         return f"{self.statement}: {self.message}"
 
 
-def parse(sql: str) -> exp.Expression:
+def parse(sql: str) -> exp.Expr:
     """Parse with sqlglot's Redshift dialect; unparseable SQL raises."""
     return sqlglot.parse_one(sql, read="redshift", error_level=sqlglot.ErrorLevel.RAISE)
 
@@ -133,7 +133,7 @@ def reserved_identifiers(sql: str) -> list[str]:
     return bad
 
 
-def varchar_widths(tree: exp.Expression) -> dict[str, int]:
+def varchar_widths(tree: exp.Expr) -> dict[str, int]:
     """Column -> byte width for the VARCHAR(n) columns a CREATE TABLE or ALTER TABLE ADD COLUMN declares."""
     widths = {}
     for col in tree.find_all(exp.ColumnDef):

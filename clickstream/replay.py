@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from clickstream import contract
-from clickstream.archive import ARCHIVE_PREFIX, hour_prefix, hours_between, iter_records, write_durably
+from clickstream.archive import ARCHIVE_PREFIX, Archive, hour_prefix, hours_between, iter_records, write_durably
 from clickstream.contract import Record
 
 MAX_ATTEMPTS = 8
@@ -179,7 +179,7 @@ class Checkpoint:
             write_durably(self.path, json.dumps(state).encode())
 
 
-def replay_object(archive: Any, key: str, target: Target | None, start: dt.datetime, end: dt.datetime, *,
+def replay_object(archive: Archive, key: str, target: Target | None, start: dt.datetime, end: dt.datetime, *,
                   stats: ReplayStats, checkpoint: Checkpoint | None = None, limiter: RateLimiter | None = None,
                   on_records: Callable[[int], None] | None = None) -> None:
     """Replay the in-range records of one archive object (``target`` None: count only, a dry run)."""
@@ -224,7 +224,7 @@ def replay_object(archive: Any, key: str, target: Target | None, start: dt.datet
         checkpoint.save()
 
 
-def replay(archive: Any, target: Target | None, start: dt.datetime, end: dt.datetime, *, rate: float | None = None,
+def replay(archive: Archive, target: Target | None, start: dt.datetime, end: dt.datetime, *, rate: float | None = None,
            checkpoint: Checkpoint | None = None, progress: bool = False) -> ReplayStats:
     """Replay every archived record received in [start, end]. ``target=None`` is a dry run."""
     if end < start:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from clickstream import segment_schema as ss
 
@@ -50,7 +50,23 @@ ROOTS = {"track": "properties", "page": "properties", "screen": "properties", "i
          "group": "traits"}
 
 
-def state_sql(names: ModelNames) -> list[str]:
+def _schemas(pairs: Iterable[tuple[str, Any]], taken: list[str]) -> list[str]:
+    """The source schemas of a batch's (source, table) pairs (sources with no usable name left out)."""
+    return sorted({name for source, _ in pairs if (name := ss.schema_name(source, taken)) is not None})
+
+
+class Names(Protocol):
+    """The names the layer's SQL is written against: a ModelNames locally, SchemaNames in the Lambda."""
+
+    @property
+    def schema(self) -> str: ...
+    @property
+    def kinesis_schema(self) -> str: ...
+    @property
+    def reader_role(self) -> str: ...
+
+
+def state_sql(names: Names) -> list[str]:
     """The layer's watermark table (Redshift SQL): how far `events` has been spread."""
     table = f"{names.schema}.{STATE_TABLE}"
     return [
@@ -60,7 +76,7 @@ def state_sql(names: ModelNames) -> list[str]:
     ]
 
 
-def stage_sql(names: ModelNames, after: str, upto: str, uuid_ts: str, *, view: bool = False) -> list[str]:
+def stage_sql(names: Names, after: str, upto: str, uuid_ts: str, *, view: bool = False) -> list[str]:
     """The batch: `events` rows in (after, upto] of ``loaded_at`` (literal bounds), plus ``uuid_ts``.
 
     A TEMP table on Redshift (one scan of `events`, then the INSERTs read the small copy). DuckDB has
@@ -74,7 +90,7 @@ def stage_sql(names: ModelNames, after: str, upto: str, uuid_ts: str, *, view: b
     return [f"DROP TABLE IF EXISTS {BATCH};", f"CREATE TEMP TABLE {BATCH} AS {select};"]
 
 
-def advance_sql(names: ModelNames, upto: str) -> str:
+def advance_sql(names: Names, upto: str) -> str:
     return (f"UPDATE {names.schema}.{STATE_TABLE} SET loaded_at = CAST('{upto}' AS TIMESTAMPTZ) "
             f"WHERE name = '{STATE_NAME}';")
 
@@ -90,7 +106,7 @@ def event_map_sql(event_names: Mapping[str, str], dialect: str = "redshift") -> 
     return stmts
 
 
-def data_sql(plan: ss.Plan, names: ModelNames, upto: str, dialect: str = "redshift") -> list[str]:
+def data_sql(plan: ss.Plan, names: Names, upto: str, dialect: str = "redshift") -> list[str]:
     """Everything after staging, in order: DDL, INSERTs, the `users` upsert, the watermark."""
     stmts: list[str] = []
     for schema in sorted({t.schema for t in plan.tables}):
@@ -231,7 +247,7 @@ class DuckDBSegment:
             c.execute(_duckdb(sql))
         rows, observations, n = self._discover()
         pairs, events = batch_tables(rows)
-        existing = self._existing(sorted({ss.schema_name(s, self.taken) for s, _ in pairs} - {None}))
+        existing = self._existing(_schemas(pairs, self.taken))
         plan = ss.plan(observations, existing, batch_tables=pairs, taken_schemas=self.taken,
                        known_events=None, limits=self.limits)
         self._timestamps(plan, existing)
@@ -288,13 +304,14 @@ class DuckDBSegment:
     def _timestamps(self, plan: ss.Plan, existing: Mapping[tuple[str, str], Mapping[str, ss.Kind]]) -> None:
         """A new string column whose values in this batch are all ISO-8601 date-times is a timestamp
         column (Segment's `timestamp` type). Checked only for columns this run creates."""
-        candidates = []
+        candidates: list[tuple[Any, ...]] = []
         for tp in plan.tables:
             old = existing.get((tp.schema, tp.table), {})
             for col, (root, paths) in tp.sources.items():
                 if col not in old and tp.columns.get(col) is ss.Kind.STRING and len(paths) == 1:
                     msg_type = ss.TABLE_KINDS[tp.kind][0]
-                    for ev in tp.event_texts or [None]:
+                    texts: list[str | None] = list(tp.event_texts) or [None]
+                    for ev in texts:
                         candidates.append((len(candidates), tp, col, tp.source, msg_type, ev, root,
                                            json_pointer(paths[0])))
         if not candidates:
@@ -373,14 +390,14 @@ _REDSHIFT_COLUMN_TYPES = {"boolean": ss.Kind.BOOLEAN, "bigint": ss.Kind.INTEGER,
                           "timestamp with time zone": ss.Kind.TIMESTAMP, "character varying": ss.Kind.STRING}
 
 
-def bounds_sql(names: ModelNames) -> str:
+def bounds_sql(names: Names) -> str:
     """The layer's watermark and the newest `loaded_at` past it: the batch is (after, upto]."""
     return (f"SELECT CAST(s.loaded_at AS VARCHAR) AS after_ts, CAST(MAX(e.loaded_at) AS VARCHAR) AS upto_ts "
             f"FROM {names.schema}.{STATE_TABLE} AS s LEFT JOIN {names.schema}.events AS e "
             f"ON e.loaded_at > s.loaded_at WHERE s.name = '{STATE_NAME}' GROUP BY s.loaded_at;")
 
 
-def _batch_json(names: ModelNames, after: str, upto: str, context: bool = False) -> str:
+def _batch_json(names: Names, after: str, upto: str, context: bool = False) -> str:
     bounds = (f"loaded_at > CAST('{after}' AS TIMESTAMPTZ) AND loaded_at <= CAST('{upto}' AS TIMESTAMPTZ)")
     parts = []
     roots = [("properties", ("track", "page", "screen")), ("traits", ("identify", "group"))]
@@ -395,7 +412,7 @@ def _batch_json(names: ModelNames, after: str, upto: str, context: bool = False)
     return "\n    UNION ALL\n    ".join(parts)
 
 
-def discovery_sql(names: ModelNames, after: str, upto: str, parents: list[tuple[str, tuple[str, ...]]],
+def discovery_sql(names: Names, after: str, upto: str, parents: list[tuple[str, tuple[str, ...]]],
                   context: bool = False) -> str:
     """Keys one level below each (root, object path) of the batch, with their JSON types (Redshift:
     JSON_PARSE once per value, PartiQL UNPIVOT over the object's attributes).
@@ -419,7 +436,7 @@ def discovery_sql(names: ModelNames, after: str, upto: str, parents: list[tuple[
             + ";")
 
 
-def context_column_sql(names: ModelNames) -> str:
+def context_column_sql(names: Names) -> str:
     """Whether `events` keeps the whole context as JSON (then its keys become context_* columns)."""
     return (f"SELECT COUNT(*) FROM svv_columns WHERE table_schema = {ss.literal(names.schema)} "
             "AND table_name = 'events' AND column_name = 'context';")
@@ -431,7 +448,7 @@ def columns_sql(schemas: list[str]) -> str:
             f"WHERE table_schema IN ({in_list}) ORDER BY table_schema, table_name, ordinal_position;")
 
 
-def batch_rows_sql(names: ModelNames, after: str, upto: str) -> str:
+def batch_rows_sql(names: Names, after: str, upto: str) -> str:
     return (f"SELECT source, type, CASE WHEN type = 'track' THEN event_text END AS ev, COUNT(*) AS n "
             f"FROM {names.schema}.events WHERE loaded_at > CAST('{after}' AS TIMESTAMPTZ) "
             f"AND loaded_at <= CAST('{upto}' AS TIMESTAMPTZ) GROUP BY 1, 2, 3;")
@@ -486,7 +503,7 @@ class RedshiftRun:
     duplicates. DDL runs first, on its own (a rerun sees what exists and adds only what is missing).
     """
 
-    def __init__(self, executor: Executor, names: ModelNames | SchemaNames,
+    def __init__(self, executor: Executor, names: Names,
                  limits: ss.Limits | None = None) -> None:
         self.ex = executor
         self.names = names
@@ -503,7 +520,7 @@ class RedshiftRun:
         [[has_context]] = self.ex.query([context_column_sql(self.names)])
         observations = self.discover(after, upto, context=int(has_context) > 0)
         pairs, events = batch_tables(rows)
-        schemas = sorted({ss.schema_name(s, self.taken) for s, _ in pairs} - {None})
+        schemas = _schemas(pairs, self.taken)
         existing: dict[tuple[str, str], dict[str, ss.Kind]] = {}
         for schema, table, column, dtype in (self.ex.query([columns_sql(schemas)]) if schemas else []):
             existing.setdefault((schema, table), {})[column] = _REDSHIFT_COLUMN_TYPES.get(

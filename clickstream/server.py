@@ -133,7 +133,7 @@ class GuardedProtocol(HttpToolsProtocol):
             self.transport.close()
 
     # -- connection ---------------------------------------------------------------------------
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self._waiting_since = self.loop.time()
         if len(self.connections) > self.limits.max_connections and not self._evict_one():

@@ -277,9 +277,10 @@ class Simulator:
 
     def _schedule(self, index: int) -> None:
         """The user's next visit: at least the session gap after this one ended."""
-        assert self._due is not None and self.users[index].last_end is not None
+        last_end = self.users[index].last_end
+        assert self._due is not None and last_end is not None
         gap = SESSION_GAP + dt.timedelta(seconds=self.rng.expovariate(1 / self.mean_gap.total_seconds()))
-        heapq.heappush(self._due, (self.users[index].last_end + gap, index))
+        heapq.heappush(self._due, (last_end + gap, index))
 
     def run(self, *, events: int | None = None, duration: float | None = None, rate: float | None = None,
             on_event=None) -> Summary:
@@ -342,11 +343,12 @@ def check_endpoint(host: str, write_key: str, timeout: float = 5.0) -> None:
     A 401/403 means the key is refused; any other answer means something is listening.
     """
     import urllib.error
+    import urllib.parse
     import urllib.request
 
     from clickstream import contract
 
-    url = host.rstrip("/") + contract.SETTINGS_PATH.replace("{writeKey}", urllib.request.quote(write_key, safe=""))
+    url = host.rstrip("/") + contract.SETTINGS_PATH.replace("{writeKey}", urllib.parse.quote(write_key, safe=""))
     try:
         with urllib.request.urlopen(url, timeout=timeout):
             return

@@ -21,6 +21,7 @@ import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import sqlglot
 from sqlglot import exp
@@ -167,8 +168,8 @@ def redshift_statements(phase: str, names: ModelNames) -> list[Statement]:
         text = path.read_text()
         for i, sql in enumerate(split_statements(fill(text, names, extra)), 1):
             name = f"{phase}/{path.name}"
-            flags = dict(skip_if_exists=SKIP_IF_EXISTS in text, transaction=TRANSACTION in text,
-                         redshift_only=name in REDSHIFT_ONLY or REDSHIFT_ONLY_MARKER in text)
+            flags: dict[str, Any] = dict(skip_if_exists=SKIP_IF_EXISTS in text, transaction=TRANSACTION in text,
+                                         redshift_only=name in REDSHIFT_ONLY or REDSHIFT_ONLY_MARKER in text)
             if MIGRATION in text:
                 step, digest = f"{migration_name(path)}#{i}", checksum(sql)
                 body = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
@@ -180,7 +181,7 @@ def redshift_statements(phase: str, names: ModelNames) -> list[Statement]:
     return out
 
 
-def _redshift_semantics(node: exp.Expression) -> exp.Expression:
+def _redshift_semantics(node: exp.Expr) -> exp.Expr:
     """Fix-ups where DuckDB's function of the same name means something else, and Redshift's limits
     compiled in as checks (the macros are in ``sql/duckdb/setup/000_functions.sql``)."""
     if isinstance(node, exp.RegexpReplace) and not node.args.get("modifiers"):
@@ -195,13 +196,14 @@ def _redshift_semantics(node: exp.Expression) -> exp.Expression:
     if isinstance(node, (exp.DateAdd, exp.TsOrDsAdd, exp.TimestampAdd)):
         node.set("expression", exp.func("redshift_int32", node.expression))  # DATEADD's INTEGER
     if isinstance(node, exp.Mul) and isinstance(node.expression, exp.Interval) \
-            and node.expression.name == "1" and node.expression.unit.name.upper() == "MILLISECOND":
+            and node.expression.name == "1" and node.expression.unit is not None \
+            and node.expression.unit.name.upper() == "MILLISECOND":
         # n * INTERVAL '1 millisecond' with a BIGINT n: DuckDB's interval product is 32-bit
         return exp.func("to_microseconds", exp.Mul(this=exp.paren(node.this), expression=exp.Literal.number(1000)))
     return node
 
 
-def _one_parse_per_object(tree: exp.Expression) -> exp.Expression:
+def _one_parse_per_object(tree: exp.Expr) -> exp.Expr:
     """DuckDB parses JSON text once per extraction; where one SELECT extracts several paths from the
     same column, extract them all with one ``json_extract_string(col, [paths])`` in a subquery.
 
@@ -236,7 +238,7 @@ def _one_parse_per_object(tree: exp.Expression) -> exp.Expression:
     return tree
 
 
-def _check_widths(tree: exp.Expression, widths: dict[str, dict[str, int]]) -> exp.Expression:
+def _check_widths(tree: exp.Expr, widths: dict[str, dict[str, int]]) -> exp.Expr:
     """INSERT INTO t (cols) SELECT ...: each VARCHAR(n) value checked against n bytes, as Redshift
     does ("value too long"), instead of DuckDB's silent acceptance."""
     if not isinstance(tree, exp.Insert) or not isinstance(tree.this, exp.Schema):
@@ -264,8 +266,9 @@ def model_widths() -> dict[str, dict[str, int]]:
         if not re.search(r"^\s*(CREATE TABLE|ALTER TABLE)", stmt.body or stmt.sql, re.M):
             continue
         tree = redshift_rules.parse(stmt.body or stmt.sql)
-        if isinstance(tree, exp.Create | exp.Alter) and isinstance(tree.find(exp.Table), exp.Table):
-            table = widths.setdefault(tree.find(exp.Table).name, {})
+        target = tree.find(exp.Table)
+        if isinstance(tree, exp.Create | exp.Alter) and target is not None:
+            table = widths.setdefault(target.name, {})
             table.update(redshift_rules.varchar_widths(tree))
             for rename in tree.find_all(exp.RenameColumn):
                 if rename.this.name in table:
@@ -295,10 +298,10 @@ def function_as_macro(sql: str) -> str:
     name, body = match.group(1), match.group(3)
     tree = sqlglot.parse_one(body, read="redshift")
 
-    def arguments(node: exp.Expression) -> exp.Expression:
+    def arguments(node: exp.Expr) -> exp.Expr:
         return exp.column(f"a{node.name}") if isinstance(node, exp.Parameter) else node
 
-    def integer_division(node: exp.Expression) -> exp.Expression:  # INTEGER / INTEGER in Redshift
+    def integer_division(node: exp.Expr) -> exp.Expr:  # INTEGER / INTEGER in Redshift
         return exp.IntDiv(this=node.this, expression=node.expression) if isinstance(node, exp.Div) else node
 
     expr = tree.expressions[0].transform(arguments).transform(integer_division).transform(_redshift_semantics)

@@ -179,13 +179,13 @@ class Warehouse:
             for stmt in self._merge:
                 sql = stmt.sql
                 if "${watermark}" in sql:
-                    mark = self.conn.execute(
-                        f"SELECT CAST(watermark AS VARCHAR) FROM {schema}.load_state WHERE name = 'events'").fetchone()
+                    [mark] = self.conn.execute(
+                        f"SELECT CAST(watermark AS VARCHAR) FROM {schema}.load_state WHERE name = 'events'").fetchall()
                     sql = sql.replace("${watermark}", _literal(mark[0]))
                 if "${recent_since}" in sql:
-                    since = self.conn.execute(
+                    [since] = self.conn.execute(
                         "SELECT CAST(COALESCE(MIN(received_at), now()) - to_days(CAST(? AS INTEGER)) AS VARCHAR) "
-                        "FROM staging WHERE reason IS NULL", [self.names.dedup_window_days]).fetchone()
+                        "FROM staging WHERE reason IS NULL", [self.names.dedup_window_days]).fetchall()
                     sql = sql.replace("${recent_since}", _literal(since[0]))
                 if not in_transaction and _WRITE.match(sql):
                     self.conn.execute("BEGIN")

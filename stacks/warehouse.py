@@ -32,7 +32,6 @@ from constructs import Construct
 
 from clickstream import workflows
 from clickstream.config import Settings
-from clickstream.sqlmodel import ModelNames
 from stacks.functions import python_function
 from stacks.storage import StorageStack
 
@@ -61,6 +60,7 @@ class WarehouseStack(cdk.Stack):
         self.streaming_role = iam.Role(
             self, "StreamingIngestionRole", assumed_by=_service("redshift.amazonaws.com"),
             description="Redshift streaming ingestion from the clickstream stream")
+        assert self.streaming_role.assume_role_policy is not None  # a Role always has one
         self.streaming_role.assume_role_policy.add_statements(iam.PolicyStatement(
             actions=["sts:AssumeRole"], principals=[_service("redshift-serverless.amazonaws.com")]))
         self.streaming_role.add_to_policy(iam.PolicyStatement(
@@ -279,7 +279,7 @@ class WarehouseStack(cdk.Stack):
         The statements are rendered with a stand-in for the streaming role's ARN (a token at synth);
         the ARN itself is a property, so CloudFormation compares the resolved value.
         """
-        names = ModelNames(**{**self.names.values(), "iam_role": ROLE_STAND_IN})
+        names = dataclasses.replace(self.names, iam_role=ROLE_STAND_IN)
         rendered = json.dumps(workflows.statements_for("setup", names), sort_keys=True)
         return {"StatementsDigest": hashlib.sha256(rendered.encode()).hexdigest(),
                 "Connection": dict(self.connection), "StreamingRoleArn": self.streaming_role.role_arn,

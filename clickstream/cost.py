@@ -27,9 +27,10 @@ ENVELOPE_OVERHEAD_BYTES = 260  # source, receivedAt, requestId, ip, userAgent, r
 ACCESS_LOG_BYTES_PER_REQUEST = 350
 # Per refresh run: 6 states before the Map, then per workflow step (one statement, or one batch of
 # consecutive transaction statements) ~6 transitions with one poll: choice, execute, wait, describe,
-# choice, succeed.
+# choice, succeed; then one for the segment_tables Lambda task (workflows.SEGMENT_TABLES_STATE).
 TRANSITIONS_BEFORE_MAP = 6
 TRANSITIONS_PER_STEP = 6
+TRANSITIONS_AFTER_MAP = 1
 
 
 def prices() -> dict:
@@ -106,7 +107,7 @@ def estimate(u: Usage, p: dict | None = None) -> Estimate:
     s3_requests = objects / 1000 * p["s3_put_per_thousand"]
 
     runs = refresh_runs(u)
-    transitions = runs * (TRANSITIONS_BEFORE_MAP + TRANSITIONS_PER_STEP * refresh_steps())
+    transitions = runs * (TRANSITIONS_BEFORE_MAP + TRANSITIONS_PER_STEP * refresh_steps() + TRANSITIONS_AFTER_MAP)
     step_functions = transitions / 1000 * p["step_functions_per_thousand_transitions"]
     redshift = rpu_hours(u, p) * p["redshift_serverless_rpu_hour"]
     api = _tiered(requests, p["api_gateway_rest_per_million_requests"])

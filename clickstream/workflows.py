@@ -26,6 +26,12 @@ STATEMACHINES_DIR = Path(__file__).resolve().parent.parent / "statemachines"
 RUN_STATEMENTS = "run-statements.asl.json"
 REPLAY = "replay.asl.json"
 DEFAULT_POLL_SECONDS = 5
+# The refresh's last state: the segment_tables Lambda, after the merge committed (setup has no such state).
+SEGMENT_TABLES_STATE = "SpreadIntoSegmentTables"
+# The function's own timeout (Lambda's maximum, 15 minutes) and the Task's, a little longer so that
+# the function's own timeout (an error it reports) comes first.
+SEGMENT_TABLES_FUNCTION_TIMEOUT_SECONDS = 900
+SEGMENT_TABLES_TASK_TIMEOUT_SECONDS = SEGMENT_TABLES_FUNCTION_TIMEOUT_SECONDS + 60
 # BatchExecuteStatement takes 1-40 SQL statements (API_BatchExecuteStatement, "Sqls").
 MAX_BATCH_STATEMENTS = 40
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
@@ -99,16 +105,28 @@ def statements_for(phase: str, names: ModelNames) -> list[dict[str, Any]]:
 
 def render(phase: str, names: ModelNames, connection: dict[str, str],
            poll_seconds: int = DEFAULT_POLL_SECONDS, *, partition: str = "aws",
-           statements: list[Statement] | None = None) -> dict[str, Any]:
+           statements: list[Statement] | None = None,
+           segment_tables_function: str | None = None) -> dict[str, Any]:
     """The run-statements state machine for ``phase`` ("setup" or "refresh").
 
     ``partition`` goes into the service-integration ARNs (the stack passes ``AWS::Partition``);
     ``statements`` replaces the phase's files (tests use it to run hand-made statements).
+    ``segment_tables_function`` (refresh only) is the ``segment_tables`` Lambda the refresh invokes
+    after its last statement; without it the statements are the whole workflow (as for setup,
+    which must never spread rows: nothing has been merged yet).
     """
+    if phase != "refresh" and segment_tables_function:
+        raise ValueError(f"only the refresh runs the segment_tables function, not {phase}")
     asl = json.loads((STATEMACHINES_DIR / RUN_STATEMENTS).read_text())
+    if not segment_tables_function:
+        del asl["States"][SEGMENT_TABLES_STATE]
+        last = asl["States"]["RunEachInOrder"]
+        del last["Next"]
+        last["End"] = True
     items = steps(statements if statements is not None else redshift_statements(phase, names))
     values = {"Statements": items, "ConnectionParameters": connection, "PollSeconds": poll_seconds,
-              "Partition": partition}
+              "Partition": partition, "SegmentTablesFunction": segment_tables_function or "",
+              "SegmentTablesTimeoutSeconds": SEGMENT_TABLES_TASK_TIMEOUT_SECONDS}
     return _fill(asl, values)
 
 

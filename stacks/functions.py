@@ -8,6 +8,7 @@ from pathlib import Path
 
 import aws_cdk as cdk
 import jsii
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
@@ -33,8 +34,12 @@ class CopyFiles:
 
 def python_function(scope: Construct, construct_id: str, *, name: str, handler: str, modules: list[str],
                     environment: dict[str, str] | None = None, timeout: cdk.Duration | None = None,
-                    memory_size: int | None = None) -> lambda_.Function:
-    """``functions/<name>/handler.py`` + ``clickstream/<module>.py`` for each of ``modules``."""
+                    memory_size: int | None = None, role: iam.IRole | None = None) -> lambda_.Function:
+    """``functions/<name>/handler.py`` + ``clickstream/<module>.py`` for each of ``modules``.
+
+    ``role``: an existing execution role (the function then acts as that identity); it gets write
+    access to the function's log group, which CDK grants only to roles it creates itself.
+    """
     files = {"handler.py": ROOT / "functions" / name / "handler.py",
              "clickstream/__init__.py": ROOT / "clickstream" / "__init__.py"}
     files |= {f"clickstream/{m}.py": ROOT / "clickstream" / f"{m}.py" for m in modules}
@@ -44,8 +49,11 @@ def python_function(scope: Construct, construct_id: str, *, name: str, handler: 
         POWERTOOLS_LAYER.format(partition=stack.partition, region=stack.region))
     log_group = logs.LogGroup(scope, f"{construct_id}Logs", retention=logs.RetentionDays.ONE_MONTH,
                               removal_policy=cdk.RemovalPolicy.DESTROY)
+    if role is not None:
+        log_group.grant_write(role)
     return lambda_.Function(
         scope, construct_id,
+        role=role,
         runtime=RUNTIME,
         architecture=lambda_.Architecture.X86_64,
         handler=f"handler.{handler}",

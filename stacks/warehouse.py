@@ -40,6 +40,9 @@ from stacks.storage import StorageStack
 DB_ROLES_TAG = "RedshiftDbRoles"
 # Stands in for the streaming role's ARN in the setup digest (the real ARN is its own property).
 ROLE_STAND_IN = "${StreamingRoleArn}"
+# Data API connection fields -> the segment_tables function's environment (functions/segment_tables).
+_SEGMENT_ENV = {"Database": "DATABASE", "WorkgroupName": "WORKGROUP_NAME", "ClusterIdentifier": "CLUSTER_IDENTIFIER",
+                "SecretArn": "SECRET_ARN", "DbUser": "DB_USER"}
 
 
 def _service(name: str) -> iam.ServicePrincipal:
@@ -90,11 +93,14 @@ class WarehouseStack(cdk.Stack):
             settings.redshift_mode, settings.redshift_name, settings.redshift_database,
             secret_arn=self.secret_arn, db_user=settings.redshift_db_user)
         self._grant_database_access()
+        self.segment_tables = self._segment_tables_function()
 
         self.setup = self._workflow("Setup", workflows.render("setup", self.names, self.connection,
                                                               partition=cdk.Aws.PARTITION))
-        self.refresh = self._workflow("Refresh", workflows.render("refresh", self.names, self.connection,
-                                                                  partition=cdk.Aws.PARTITION))
+        self.refresh = self._workflow("Refresh", workflows.render(
+            "refresh", self.names, self.connection, partition=cdk.Aws.PARTITION,
+            segment_tables_function=self.segment_tables.function_arn))
+        self.refresh.node.add_dependency(self.invoke_segment_tables)
 
         self.schedule = events.Rule(self, "RefreshSchedule", schedule=events.Schedule.expression(
             settings.refresh_schedule), description="Refresh the streaming view and merge new events")
@@ -224,8 +230,9 @@ class WarehouseStack(cdk.Stack):
         role, target = self.workflow_role, self._data_api_target_arn()
         role.add_to_policy(iam.PolicyStatement(
             actions=["redshift-data:ExecuteStatement", "redshift-data:BatchExecuteStatement"], resources=[target]))
-        # Describe is authorised by statement ownership; it has no resource-level permissions.
-        role.add_to_policy(iam.PolicyStatement(actions=["redshift-data:DescribeStatement"], resources=["*"]))
+        # Describe and results are authorised by statement ownership; no resource-level permissions.
+        role.add_to_policy(iam.PolicyStatement(
+            actions=["redshift-data:DescribeStatement", "redshift-data:GetStatementResult"], resources=["*"]))
         # The overlap guard lists the machines' own executions (their ARNs by name: no self-reference).
         role.add_to_policy(iam.PolicyStatement(actions=["states:ListExecutions"], resources=[
             self.format_arn(service="states", resource="stateMachine", resource_name=self._machine_name(name),
@@ -244,6 +251,31 @@ class WarehouseStack(cdk.Stack):
                 self.format_arn(service="redshift", resource="dbname",
                                 resource_name=f"{self.settings.redshift_name}/{self.settings.redshift_database}",
                                 arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)]))
+
+    def _segment_tables_function(self) -> lambda_.Function:
+        """The refresh's last step: Segment's per-source tables (docs/warehouse-segment.md).
+
+        Its execution role IS the workflow role, so its Data API calls map to the same database user
+        as the workflows' (on Serverless ``IAMR:<role name>``: "the database user name is derived from
+        the IAM identity", https://docs.aws.amazon.com/redshift/latest/mgmt/data-api.html): it owns
+        the tables it creates and reads what setup created. Lambda assumes the role for this account
+        only (aws:SourceAccount in the trust policy:
+        https://docs.aws.amazon.com/lambda/latest/dg/permissions-managed-policies.html).
+        """
+        self.workflow_role.assume_role_policy.add_statements(iam.PolicyStatement(
+            actions=["sts:AssumeRole"], principals=[_service("lambda.amazonaws.com")]))
+        names = self.names
+        env = {_SEGMENT_ENV[key]: value for key, value in self.connection.items()}
+        env |= {"SCHEMA": names.schema, "KINESIS_SCHEMA": names.kinesis_schema, "READER_ROLE": names.reader_role}
+        function = python_function(
+            self, "SegmentTables", name="segment_tables", handler="handler",
+            modules=["segment_schema", "segment_tables"], environment=env, role=self.workflow_role,
+            timeout=cdk.Duration.seconds(workflows.SEGMENT_TABLES_FUNCTION_TIMEOUT_SECONDS))
+        # Its own policy, not the role's default one: the function depends on that (no cycle).
+        self.invoke_segment_tables = iam.Policy(self, "WorkflowInvokesSegmentTables", roles=[self.workflow_role],
+                                                statements=[iam.PolicyStatement(actions=["lambda:InvokeFunction"],
+                                                                                resources=[function.function_arn])])
+        return function
 
     # -- workflows --------------------------------------------------------------------------
     def _workflow(self, name: str, asl: dict) -> sfn.StateMachine:

@@ -105,4 +105,9 @@ def test_step_functions_counts_the_steps_the_workflow_runs():
     assert cost.refresh_steps() == steps
     u = cost.Usage(events_per_day=1_000_000)
     runs = cost.DAYS_PER_MONTH * 24 * 12
-    assert cost.estimate(u).step_functions == pytest.approx(runs * (6 + 6 * steps) / 1000 * 0.025)
+    # + 1: the segment_tables Lambda task the deployed refresh runs after its statements
+    assert cost.estimate(u).step_functions == pytest.approx(runs * (6 + 6 * steps + 1) / 1000 * 0.025)
+    from tests.test_workflows import NAMES, SERVERLESS
+
+    deployed = workflows.render("refresh", NAMES, SERVERLESS, segment_tables_function="arn:fn")
+    assert list(deployed["States"])[-1] == workflows.SEGMENT_TABLES_STATE

@@ -21,7 +21,11 @@ from tests.test_cdk import synth  # noqa: E402
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory):
     assembly, templates = synth(tmp_path_factory.mktemp("wh"))
-    return assembly, templates["ClickstreamWarehouse"]
+    template = templates["ClickstreamWarehouse"]
+    functions = template.find_resources("AWS::Lambda::Function")
+    _SEGMENT_ID[:] = [k for k, f in functions.items()
+                      if f["Properties"]["Handler"] == "handler.handler" and k.startswith("SegmentTables")]
+    return assembly, template
 
 
 def machines(template) -> dict[str, dict]:
@@ -33,13 +37,34 @@ def machines(template) -> dict[str, dict]:
     return out
 
 
+SEGMENT_FUNCTION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:segment-tables"
+
+
+def _resolve(part, partition: str) -> str:
+    if isinstance(part, str):
+        return part
+    if part == {"Ref": "AWS::Partition"}:
+        return partition
+    if part == {"Fn::GetAtt": [segment_function_id(), "Arn"]}:
+        return SEGMENT_FUNCTION_ARN
+    assert part["Fn::GetAtt"][0].startswith("StreamingIngestionRole"), part
+    return "arn:aws:iam::123456789012:role/streaming"
+
+
 def definition(props: dict, partition: str = "aws") -> dict:
-    """The ASL as deployed (Fn::Join of literal parts, the partition and the streaming role's ARN)."""
+    """The ASL as deployed (Fn::Join of literal parts, the partition, the streaming role's and the
+    segment_tables function's ARNs)."""
     body = props["DefinitionString"]
     if isinstance(body, dict):
-        body = "".join(p if isinstance(p, str) else partition if p == {"Ref": "AWS::Partition"}
-                       else "arn:aws:iam::123456789012:role/streaming" for p in body["Fn::Join"][1])
+        body = "".join(_resolve(p, partition) for p in body["Fn::Join"][1])
     return json.loads(body)
+
+
+def segment_function_id() -> str:
+    return _SEGMENT_ID[0]
+
+
+_SEGMENT_ID: list[str] = []
 
 
 def custom_resources(template, kind: str) -> list[dict]:
@@ -74,7 +99,10 @@ def test_workflow_arns_use_the_deployment_partition(warehouse):
         assert "arn:aws:" not in literal
         asl = definition(props, partition="aws-us-gov")
         resources = re.findall(r'"Resource": "([^"]+)"', json.dumps(asl))
-        assert len(resources) == 5 and all(r.startswith("arn:aws-us-gov:states:::aws-sdk:") for r in resources)
+        sdk = [r for r in resources if r.startswith("arn:aws-us-gov:states:::aws-sdk:")]
+        assert len(sdk) == 5 and set(resources) - set(sdk) <= {"arn:aws-us-gov:states:::lambda:invoke"}
+    refresh = definition(machines(template)["ClickstreamWarehouse-Refresh"], partition="aws-us-gov")
+    assert refresh["States"]["SpreadIntoSegmentTables"]["Resource"] == "arn:aws-us-gov:states:::lambda:invoke"
 
 
 def test_workflows_are_logged_traced_and_alarmed(warehouse):
@@ -249,10 +277,14 @@ def test_both_workflows_run_as_one_identity_mapped_to_database_roles(warehouse):
     assert roles == {json.dumps({"Fn::GetAtt": ["WorkflowRole21EC4257", "Arn"]})}
     role = t.find_resources("AWS::IAM::Role")["WorkflowRole21EC4257"]["Properties"]
     assert {"Key": "RedshiftDbRoles", "Value": "sys:dba"} in role["Tags"]
-    [trust] = role["AssumeRolePolicyDocument"]["Statement"]
-    assert trust["Principal"] == {"Service": "states.amazonaws.com"}
-    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
-    policy = next(p for k, p in t.find_resources("AWS::IAM::Policy").items() if k.startswith("WorkflowRole"))
+    trusts = role["AssumeRolePolicyDocument"]["Statement"]
+    # Step Functions (both workflows) and Lambda (the segment_tables function), for this account only.
+    services = {svc for trust in trusts for svc in (lambda v: v if isinstance(v, list) else [v])(
+        trust["Principal"]["Service"])}
+    assert services == {"states.amazonaws.com", "lambda.amazonaws.com"}
+    assert all(trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+               for trust in trusts)
+    policy = next(p for k, p in t.find_resources("AWS::IAM::Policy").items() if k.startswith("WorkflowRoleDefault"))
     statements = policy["Properties"]["PolicyDocument"]["Statement"]
     data_api = next(s for s in statements if "redshift-data:ExecuteStatement" in s["Action"])
     assert {"redshift-data:BatchExecuteStatement", "redshift-serverless:GetCredentials"} <= set(data_api["Action"])
@@ -517,18 +549,27 @@ def test_built_redshift_hooks_asset_waits_for_in_sync_and_sets_the_usage_limit(w
 @pytest.mark.parametrize("phase", ["setup", "refresh"])
 def test_the_deployed_definitions_run_in_moto(warehouse, monkeypatch, phase):
     """The ASL exactly as synthesized (partition resolved to aws) runs every statement of the model,
-    the setup's grants last, transaction statements batched."""
-    from tests.test_workflows import FakeRedshift, executing_stepfunctions, expected_calls, run
+    the setup's grants last, transaction statements batched; the refresh then invokes the
+    segment_tables function (setup never does)."""
+    from tests.test_workflows import FakeRedshift, FakeSegmentTables, executing_stepfunctions, expected_calls, run
 
     _, t = warehouse
     with executing_stepfunctions(monkeypatch) as sfn:
         redshift = FakeRedshift(monkeypatch)
+        segment = FakeSegmentTables(monkeypatch, redshift)
         result = run(sfn, definition(machines(t)[f"ClickstreamWarehouse-{phase.title()}"]))
     assert result["status"] == "SUCCEEDED", result
     names = workflows.ModelNames(iam_role="arn:aws:iam::123456789012:role/streaming")
     assert redshift.calls == expected_calls(redshift_statements(phase, names))
     if phase == "setup":
         assert redshift.executed[-1].endswith("GRANT SELECT ON TABLES TO ROLE clickstream_reader;")
+        assert segment.invocations == []  # setup never spreads rows
+    else:  # the refresh's last step, after every statement: the deployed function, once
+        assert segment.invocations == [{"FunctionName": SEGMENT_FUNCTION_ARN,
+                                        "Payload": {"execution": result["executionArn"]},
+                                        "afterCalls": len(redshift.calls)}]
+        assert set(json.loads(result["output"])["segmentTables"]) == {"rows", "tablesCreated", "columnsAdded",
+                                                                       "deferred"}
 
 
 def test_deploy_docs_idle_cost_is_what_the_cost_model_says():
@@ -546,3 +587,67 @@ def test_deploy_docs_idle_cost_is_what_the_cost_model_says():
         assert cells[1] == f"${e.redshift_serverless:,.2f} ({round(cost.rpu_hours(u)):,} RPU-hours)"
         assert cells[2:4] == [f"${e.step_functions:,.2f}", f"${e.kinesis:,.2f}"]
         assert cells[4] == f"~${round(e.total):,}/month"
+
+
+def test_segment_tables_function_runs_as_the_workflow_identity_with_its_target(warehouse):
+    """The function's execution role is the workflow role (one database user), it has the Data API
+    target and the model's names in its environment, 15 minutes, and only the refresh invokes it."""
+    _, t = warehouse
+    fid = segment_function_id()
+    props = t.find_resources("AWS::Lambda::Function")[fid]["Properties"]
+    assert props["Role"] == {"Fn::GetAtt": ["WorkflowRole21EC4257", "Arn"]}
+    assert props["Timeout"] == 900 and props["Runtime"] == "python3.13"
+    assert props["Environment"]["Variables"] == {
+        "POWERTOOLS_SERVICE_NAME": "clickstream-segment_tables", "DATABASE": "dev", "WORKGROUP_NAME": "clickstream",
+        "SCHEMA": "clickstream", "KINESIS_SCHEMA": "kinesis", "READER_ROLE": "clickstream_reader"}
+    policies = t.find_resources("AWS::IAM::Policy")
+    default = next(p for k, p in policies.items() if k.startswith("WorkflowRoleDefault"))
+    statements = default["Properties"]["PolicyDocument"]["Statement"]
+    describe = next(s for s in statements if "redshift-data:DescribeStatement" in s["Action"])
+    assert "redshift-data:GetStatementResult" in describe["Action"]  # the function reads query results
+    logs = [s for s in statements if "logs:PutLogEvents" in s["Action"]]
+    assert logs and all("SegmentTablesLogs" in json.dumps(s["Resource"]) for s in logs)  # its own log group only
+    invoke = next(p for k, p in policies.items() if k.startswith("WorkflowInvokesSegmentTables"))["Properties"]
+    assert invoke["PolicyDocument"]["Statement"] == [{"Action": "lambda:InvokeFunction", "Effect": "Allow",
+                                                      "Resource": {"Fn::GetAtt": [fid, "Arn"]}}]
+    assert invoke["Roles"] == [{"Ref": "WorkflowRole21EC4257"}]
+    found = machines(t)
+    assert workflows.SEGMENT_TABLES_STATE not in definition(found["ClickstreamWarehouse-Setup"])["States"]
+    task = definition(found["ClickstreamWarehouse-Refresh"])["States"][workflows.SEGMENT_TABLES_STATE]
+    assert task["Parameters"]["FunctionName"] == SEGMENT_FUNCTION_ARN
+    refresh_id = next(k for k, r in t.find_resources("AWS::StepFunctions::StateMachine").items()
+                      if r["Properties"].get("StateMachineName") == "ClickstreamWarehouse-Refresh")
+    depends = t.find_resources("AWS::StepFunctions::StateMachine")[refresh_id].get("DependsOn", [])
+    assert any(d.startswith("WorkflowInvokesSegmentTables") for d in depends)  # may invoke from its first run
+
+
+def test_built_segment_tables_asset_imports_and_runs_in_lambda_conditions(warehouse, tmp_path):
+    """The asset CDK built, in an isolated interpreter with only the standard library, boto3 and
+    Powertools (no sqlglot, no duckdb): it imports, and finds its Data API target in the environment
+    the template gives it."""
+    from pathlib import Path
+
+    from tests.test_replay import lambda_site, run_in_lambda_like_python
+
+    assembly, t = warehouse
+    [asset] = [p for p in Path(assembly.directory).glob("asset.*")
+               if (p / "handler.py").exists() and "RedshiftRun" in (p / "handler.py").read_text()]
+    assert sorted(p.name for p in (asset / "clickstream").glob("*.py")) == [
+        "__init__.py", "segment_schema.py", "segment_tables.py"]
+    site = lambda_site(tmp_path)
+    env = {"PATH": "/usr/bin:/bin", "AWS_DEFAULT_REGION": "us-east-1", "POWERTOOLS_TRACE_DISABLED": "1"}
+    assert run_in_lambda_like_python(asset, site, "", {}, env) == "imported"
+    probe = tmp_path / "probe.py"
+    probe.write_text("import importlib.util, sys\nsys.path[:0] = sys.argv[1:3]\n"
+                     "for blocked in ('sqlglot', 'duckdb'):\n"
+                     "    assert importlib.util.find_spec(blocked) is None, blocked\n"
+                     "import handler\nprint(handler.target_from_env())\n")
+    variables = t.find_resources("AWS::Lambda::Function")[segment_function_id()]["Properties"]["Environment"][
+        "Variables"]
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-I", "-S", str(probe), str(asset), str(site)], capture_output=True,
+                         text=True, env={**env, **variables}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "{'Database': 'dev', 'WorkgroupName': 'clickstream'}"

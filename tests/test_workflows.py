@@ -12,6 +12,7 @@ import pytest
 from moto import mock_aws
 from moto.redshiftdata import models as rsd_models
 from moto.redshiftdata import responses as rsd_responses
+from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk import (
     StateTaskServiceAwsSdk,
@@ -83,6 +84,31 @@ class FakeRedshift:
                             batch_response, raising=False)
         monkeypatch.setattr(backend_cls, "describe_statement", describe)
         monkeypatch.setattr(rsd_models.Statement, "__iter__", iterate)
+
+
+class FakeSegmentTables:
+    """Stands in for the segment_tables Lambda behind the ``lambda:invoke`` integration (moto runs
+    Lambda code only in Docker): records each invocation's FunctionName and payload, and how many
+    Data API calls had been made by then; returns ``result`` (the handler's output) or fails as a
+    Lambda function error does (``FunctionError`` with the error payload)."""
+
+    RESULT = {"rows": 12, "tablesCreated": 2, "columnsAdded": 5, "deferred": 0,
+              "loadedAt": "2026-11-30 10:00:00+00", "transactions": 1}
+
+    def __init__(self, monkeypatch, redshift: FakeRedshift | None = None, error: str = "") -> None:
+        self.invocations: list[dict] = []
+        fake = self
+
+        def invoke(parameters: dict, region: str, state_credentials) -> dict:
+            fake.invocations.append({"FunctionName": parameters["FunctionName"],
+                                     "Payload": json.loads(parameters["Payload"]),
+                                     "afterCalls": len(redshift.calls) if redshift else None})
+            if error:
+                return {"StatusCode": 200, "FunctionError": "Unhandled",
+                        "Payload": {"errorType": "RuntimeError", "errorMessage": error}}
+            return {"StatusCode": 200, "ExecutedVersion": "$LATEST", "Payload": dict(fake.RESULT)}
+
+        monkeypatch.setattr(lambda_eval_utils, "_invoke_lambda_function", invoke)
 
 
 def _pascal_sfn_sdk(monkeypatch) -> None:
@@ -319,3 +345,69 @@ def test_setup_grants_the_reader_role_read_access_on_redshift_only():
     custom = ModelNames(schema="analytics", reader_role="bi_read")
     assert "GRANT USAGE ON SCHEMA analytics TO ROLE bi_read;" in "\n".join(
         s.sql for s in redshift_statements("setup", custom))
+
+
+SEGMENT_FUNCTION = "arn:aws:lambda:us-east-1:123456789012:function:clickstream-segment-tables"
+
+
+def test_refresh_invokes_segment_tables_once_after_every_statement_and_keeps_only_the_counts(sfn, monkeypatch):
+    redshift = FakeRedshift(monkeypatch)
+    segment = FakeSegmentTables(monkeypatch, redshift)
+    asl = workflows.render("refresh", NAMES, SERVERLESS, segment_tables_function=SEGMENT_FUNCTION)
+    assert workflows.dangling_transitions(asl) == []
+    result = run(sfn, asl)
+    assert result["status"] == "SUCCEEDED", result
+    statements = expected_calls(redshift_statements("refresh", NAMES))
+    assert redshift.calls == statements  # the merge and everything after it ran first
+    assert segment.invocations == [{"FunctionName": SEGMENT_FUNCTION, "Payload": {"execution": result["executionArn"]},
+                                    "afterCalls": len(statements)}]
+    assert json.loads(result["output"])["segmentTables"] == {"rows": 12, "tablesCreated": 2, "columnsAdded": 5,
+                                                             "deferred": 0}
+
+
+def test_setup_never_invokes_segment_tables(sfn, monkeypatch):
+    FakeRedshift(monkeypatch)
+    segment = FakeSegmentTables(monkeypatch)
+    asl = workflows.render("setup", NAMES, SERVERLESS)
+    assert workflows.SEGMENT_TABLES_STATE not in asl["States"] and asl["States"]["RunEachInOrder"]["End"] is True
+    assert run(sfn, asl)["status"] == "SUCCEEDED"
+    assert segment.invocations == []
+    with pytest.raises(ValueError, match="only the refresh runs the segment_tables function, not setup"):
+        workflows.render("setup", NAMES, SERVERLESS, segment_tables_function=SEGMENT_FUNCTION)
+
+
+def test_a_failed_merge_never_invokes_segment_tables(sfn, monkeypatch):
+    redshift = FakeRedshift(monkeypatch, fail_when="INSERT INTO clickstream.events", error="ERROR: disk full")
+    segment = FakeSegmentTables(monkeypatch, redshift)
+    asl = workflows.render("refresh", NAMES, SERVERLESS, statements=REFRESH_WITH_MERGE,
+                           segment_tables_function=SEGMENT_FUNCTION)
+    assert run(sfn, asl)["status"] == "FAILED"
+    assert segment.invocations == []
+
+
+def test_a_segment_tables_failure_fails_the_run_after_the_merge_committed(sfn, monkeypatch):
+    """The alarm fires on the failed execution; the merge is already committed and the function's own
+    watermark did not move, so the next run spreads the same rows (RedshiftRun is idempotent)."""
+    redshift = FakeRedshift(monkeypatch)
+    segment = FakeSegmentTables(monkeypatch, redshift, error="Redshift statement FAILED: permission denied")
+    asl = workflows.render("refresh", NAMES, SERVERLESS, statements=REFRESH_WITH_MERGE,
+                           segment_tables_function=SEGMENT_FUNCTION)
+    result = run(sfn, asl)
+    assert result["status"] == "FAILED"
+    assert len(redshift.calls) == 4 and len(segment.invocations) == 1  # function errors are not retried
+    history = json.dumps(sfn.get_execution_history(executionArn=result["executionArn"])["events"], default=str)
+    assert "permission denied" in history and "SpreadIntoSegmentTables" in history
+
+
+def test_segment_tables_task_retries_lambda_service_errors_and_carries_the_partition():
+    asl = workflows.render("refresh", NAMES, SERVERLESS, partition="aws-cn",
+                           segment_tables_function=SEGMENT_FUNCTION)
+    task = asl["States"][workflows.SEGMENT_TABLES_STATE]
+    assert task["Resource"] == "arn:aws-cn:states:::lambda:invoke"
+    assert task["Parameters"]["FunctionName"] == SEGMENT_FUNCTION
+    retried = {e for r in task["Retry"] for e in r["ErrorEquals"]}
+    assert {"Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException",
+            "Lambda.TooManyRequestsException", "States.Timeout"} <= retried
+    assert all(r["BackoffRate"] > 1 for r in task["Retry"])
+    assert task["TimeoutSeconds"] > workflows.SEGMENT_TABLES_FUNCTION_TIMEOUT_SECONDS
+    assert asl["States"]["RunEachInOrder"]["Next"] == workflows.SEGMENT_TABLES_STATE

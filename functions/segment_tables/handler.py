@@ -1,7 +1,8 @@
 """Refresh workflow step: spread the rows the merge added to `events` into Segment's per-source tables.
 
 Runs after the merge (and its watermark update) succeeded. Input (all optional):
-``{"maxNewTables": 2000, "maxNewColumns": 2000, "maxColumnsPerTable": 1500}``.
+``{"maxNewTables": 2000, "maxNewColumns": 2000, "maxColumnsPerTable": 1500}``; the refresh
+workflow sends ``{"execution": "<its execution ARN>"}``, logged with every line.
 Output: ``{"rows", "tablesCreated", "columnsAdded", "deferred", "loadedAt", "transactions"}``.
 The logic is :class:`clickstream.segment_tables.RedshiftRun`; the SQL comes from
 :mod:`clickstream.segment_schema`, the same definition the local warehouse uses. Bundle with the
@@ -57,6 +58,8 @@ def run(event: dict, client, env: dict[str, str] | os._Environ = os.environ) -> 
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict, context: LambdaContext) -> dict:
+    if (event or {}).get("execution"):
+        logger.append_keys(execution=event["execution"])  # which refresh run this was
     result = run(event or {}, boto3.client("redshift-data"))
     logger.info("segment tables updated", extra=result)
     metrics.add_metric(name="SegmentRowsSpread", unit=MetricUnit.Count, value=result["rows"])

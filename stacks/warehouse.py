@@ -262,6 +262,7 @@ class WarehouseStack(cdk.Stack):
         only (aws:SourceAccount in the trust policy:
         https://docs.aws.amazon.com/lambda/latest/dg/permissions-managed-policies.html).
         """
+        assert self.workflow_role.assume_role_policy is not None  # a Role always has one
         self.workflow_role.assume_role_policy.add_statements(iam.PolicyStatement(
             actions=["sts:AssumeRole"], principals=[_service("lambda.amazonaws.com")]))
         names = self.names

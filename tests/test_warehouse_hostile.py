@@ -14,10 +14,9 @@ import json
 import duckdb
 import pytest
 
-from clickstream.contract import Record
 from clickstream.redshift_rules import MAX_RECORD_BYTES, truncate_utf8
-from clickstream.stream import LocalStream
 from clickstream.warehouse import Warehouse
+from tests.test_warehouse import _load as load  # records through the real stream and loader
 
 RECEIVED_MS = 1_764_460_800_000  # 2025-11-30T00:00:00Z
 RECEIVED = dt.datetime(2025, 11, 30, tzinfo=dt.UTC)
@@ -83,14 +82,6 @@ CORPUS: list[tuple[str, bytes, tuple[str, str]]] = [
      ("event", "not-objects")),
 ]
 
-
-def load(wh: Warehouse, data_dir, records: list[bytes]) -> None:
-    stream = LocalStream(data_dir)
-    try:
-        stream.put([Record(f"k{i}", data) for i, data in enumerate(records)])
-        wh.load_from(stream)
-    finally:
-        stream.close()
 
 
 def snapshot(wh: Warehouse) -> dict[str, list]:

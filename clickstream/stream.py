@@ -86,11 +86,28 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _enable_wal(conn: sqlite3.Connection, timeout: float = 30.0) -> None:
+    """Switch a new file to WAL. The switch needs an exclusive lock, and SQLite answers "database is
+    locked" at once, without its busy handler, when another connection opening the same new file
+    holds a lock (https://www.sqlite.org/wal.html#concurrency): retry until the file is WAL."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Open the stream file; ``synchronous=FULL`` makes every commit durable (fsync of the WAL)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
+    _enable_wal(conn)
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=30000")
     if not readonly:

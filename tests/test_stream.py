@@ -140,3 +140,30 @@ def test_envelope_frame_splices_between_the_request_fields():
     assert head + b"7" + mid + b'{"a":1}' + tail == (
         b'{"v":1,"source":"s","receivedAt":5,"requestId":"r","index":7,"ip":"i","userAgent":null,"route":"t",'
         b'"routeType":"track","message":{"a":1},"batch":null}\n')
+
+
+def test_processes_and_threads_opening_a_new_stream_at_once_all_succeed(tmp_path):
+    """The collector, the consumer process and the CLI may open a stream file that does not exist
+    yet at the same moment; switching it to WAL must not fail any of them with "database is locked"."""
+    errors: list[Exception] = []
+    for i in range(40):
+        barrier = threading.Barrier(6)
+
+        def open_it(folder=tmp_path / f"s{i}", barrier=barrier) -> None:
+            barrier.wait()
+            try:
+                LocalStream(folder).close()
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+    stream = LocalStream(tmp_path / "s0")
+    try:
+        assert stream._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        stream.close()

@@ -252,6 +252,10 @@ class LoaderFigures:
     batch: int
     rows_in_events: int
     rows_in_rejected: int
+    # Segment's per-source tables, filled by one pass after the load (as the loader does once it
+    # has caught up): seconds, and rows written to <source>.tracks.
+    segment_seconds: float
+    segment_rows_in_tracks: int
 
 
 def bench_loader(events: int = 200_000, batch: int = 50_000) -> LoaderFigures:
@@ -271,13 +275,19 @@ def bench_loader(events: int = 200_000, batch: int = 50_000) -> LoaderFigures:
         start = time.perf_counter()
         loaded = wh.load_from(stream, batch=batch)
         seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        wh.spread_segment_tables()
+        segment_seconds = time.perf_counter() - start
         rows = wh.query("SELECT COUNT(*) FROM clickstream.events")[1][0][0]
         rejected = wh.query("SELECT COUNT(*) FROM clickstream.rejected")[1][0][0]
+        tracks = wh.query("SELECT COUNT(*) FROM bench.tracks")[1][0][0]
         wh.close()
         stream.close()
-    if rows != loaded:
-        raise SystemExit(f"loader lost events: {loaded} loaded, {rows} in events, {rejected} rejected")
-    return LoaderFigures(loaded, round(seconds, 2), round(loaded / seconds, 1), batch, rows, rejected)
+    if rows != loaded or tracks != loaded:
+        raise SystemExit(f"loader lost events: {loaded} loaded, {rows} in events, {tracks} in bench.tracks, "
+                         f"{rejected} rejected")
+    return LoaderFigures(loaded, round(seconds, 2), round(loaded / seconds, 1), batch, rows, rejected,
+                         round(segment_seconds, 2), tracks)
 
 
 def bench_replay(events: int = 200_000) -> dict:

@@ -420,7 +420,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if loader:
         print(f"warehouse loader: {loader.events:,} events merged into DuckDB in {loader.seconds} s = "
               f"{loader.events_per_s:,.0f} events/s (batches of {loader.batch:,}; "
-              f"{loader.rows_in_events:,} rows in events)")
+              f"{loader.rows_in_events:,} rows in events); then Segment's per-source tables in "
+              f"{loader.segment_seconds} s ({loader.segment_rows_in_tracks:,} rows in bench.tracks)")
     if replayed:
         print(f"replay: {replayed['records']:,} archived records from {replayed['objects']} gzip objects into the "
               f"local stream in {replayed['seconds']:.2f} s = {replayed['records_per_second']:,.0f} records/s")

@@ -158,7 +158,19 @@ n AS (
         JSON_EXTRACT_PATH_TEXT(o.campaign, 'medium') AS campaign_medium,
         JSON_EXTRACT_PATH_TEXT(o.campaign, 'term') AS campaign_term,
         JSON_EXTRACT_PATH_TEXT(o.campaign, 'content') AS campaign_content,
-        TRIM(BOTH '_' FROM REGEXP_REPLACE(LOWER(o.event_text), '[^a-z0-9]+', '_')) AS event_name,
+        -- Segment's slug rule (go-snakecase; segment_schema.snakecase names the per-event tables):
+        -- every run of characters other than ASCII letters and digits (non-ASCII ones included) is
+        -- one '_'; a word starts at an upper-case letter that follows a lower-case letter (digits
+        -- between them allowed): productViewed -> product_viewed, HTTPRequest -> httprequest.
+        -- Separators go first and before LOWER (LOWER would turn e.g. U+212A KELVIN SIGN into 'k'),
+        -- which leaves ASCII: 2,048 characters of it give the column's 1,024 bytes, and the slug
+        -- stays far below 65,535 bytes whatever the event. [[:lower:]] etc. are ASCII-only, and a
+        -- literal's '\\1' reaches the regex as \1 (the first group):
+        -- https://docs.aws.amazon.com/redshift/latest/dg/pattern-matching-conditions-posix.html
+        -- https://docs.aws.amazon.com/redshift/latest/dg/REGEXP_REPLACE.html
+        LOWER(TRIM(BOTH '_' FROM REGEXP_REPLACE(
+            SUBSTRING(REGEXP_REPLACE(o.event_text, '[^[:alnum:]]+', '_'), 1, 2048),
+            '([[:lower:]][[:digit:]]*)([[:upper:]])', '\\1_\\2'))) AS event_name,
         -- Segment's client-side libraries: their events get the request's IP and user agent.
         o.route IN ('t', 'i', 'p', 's', 'g', 'a', 'b') OR o.ctx_direct = 'true'
             OR JSON_EXTRACT_PATH_TEXT(o.library, 'name') IN (

@@ -158,16 +158,8 @@ n AS (
         JSON_EXTRACT_PATH_TEXT(o.campaign, 'medium') AS campaign_medium,
         JSON_EXTRACT_PATH_TEXT(o.campaign, 'term') AS campaign_term,
         JSON_EXTRACT_PATH_TEXT(o.campaign, 'content') AS campaign_content,
-        -- Segment's slug rule (go-snakecase; segment_schema.snakecase names the per-event tables):
-        -- every run of characters other than ASCII letters and digits (non-ASCII ones included) is
-        -- one '_'; a word starts at an upper-case letter that follows a lower-case letter (digits
-        -- between them allowed): productViewed -> product_viewed, HTTPRequest -> httprequest.
-        -- Separators go first and before LOWER (LOWER would turn e.g. U+212A KELVIN SIGN into 'k'),
-        -- which leaves ASCII: 2,048 characters of it give the column's 1,024 bytes, and the slug
-        -- stays far below 65,535 bytes whatever the event. [[:lower:]] etc. are ASCII-only, and a
-        -- literal's '\\1' reaches the regex as \1 (the first group):
+        -- the event's slug, = segment_schema.snakecase (go-snakecase; docs/warehouse.md). Regexes:
         -- https://docs.aws.amazon.com/redshift/latest/dg/pattern-matching-conditions-posix.html
-        -- https://docs.aws.amazon.com/redshift/latest/dg/REGEXP_REPLACE.html
         LOWER(TRIM(BOTH '_' FROM REGEXP_REPLACE(
             SUBSTRING(REGEXP_REPLACE(o.event_text, '[^[:alnum:]]+', '_'), 1, 2048),
             '([[:lower:]][[:digit:]]*)([[:upper:]])', '\\1_\\2'))) AS event_name,

@@ -158,7 +158,11 @@ n AS (
         JSON_EXTRACT_PATH_TEXT(o.campaign, 'medium') AS campaign_medium,
         JSON_EXTRACT_PATH_TEXT(o.campaign, 'term') AS campaign_term,
         JSON_EXTRACT_PATH_TEXT(o.campaign, 'content') AS campaign_content,
-        TRIM(BOTH '_' FROM REGEXP_REPLACE(LOWER(o.event_text), '[^a-z0-9]+', '_')) AS event_name,
+        -- the event's slug, = segment_schema.snakecase (go-snakecase; docs/warehouse.md). Regexes:
+        -- https://docs.aws.amazon.com/redshift/latest/dg/pattern-matching-conditions-posix.html
+        LOWER(TRIM(BOTH '_' FROM REGEXP_REPLACE(
+            SUBSTRING(REGEXP_REPLACE(o.event_text, '[^[:alnum:]]+', '_'), 1, 2048),
+            '([[:lower:]][[:digit:]]*)([[:upper:]])', '\\1_\\2'))) AS event_name,
         -- Segment's client-side libraries: their events get the request's IP and user agent.
         o.route IN ('t', 'i', 'p', 's', 'g', 'a', 'b') OR o.ctx_direct = 'true'
             OR JSON_EXTRACT_PATH_TEXT(o.library, 'name') IN (

@@ -494,6 +494,29 @@ class SchemaNames:
     reader_role: str = "clickstream_reader"  # the setup's read-only role for BI tools and dbt
 
 
+# The function's environment: Data API connection fields and the model's names. The warehouse stack
+# writes it (lambda_environment) and the handler reads it (target_from_env, names_from_env).
+_CONNECTION_ENV = {"Database": "DATABASE", "WorkgroupName": "WORKGROUP_NAME",
+                   "ClusterIdentifier": "CLUSTER_IDENTIFIER", "SecretArn": "SECRET_ARN", "DbUser": "DB_USER"}
+_NAMES_ENV = {"schema": "SCHEMA", "kinesis_schema": "KINESIS_SCHEMA", "reader_role": "READER_ROLE"}
+
+
+def lambda_environment(connection: Mapping[str, str], names: Names) -> dict[str, str]:
+    """The function's environment for a Data API connection (as the workflows use) and names."""
+    env = {_CONNECTION_ENV[key]: value for key, value in connection.items()}
+    env |= {var: getattr(names, field) for field, var in _NAMES_ENV.items()}
+    return env
+
+
+def target_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The Data API connection fields back from :func:`lambda_environment`'s variables."""
+    return {key: env[var] for key, var in _CONNECTION_ENV.items() if env.get(var)}
+
+
+def names_from_env(env: Mapping[str, str]) -> SchemaNames:
+    return SchemaNames(**{field: env.get(var, getattr(SchemaNames, field)) for field, var in _NAMES_ENV.items()})
+
+
 class RedshiftRun:
     """One run of the layer on Redshift: what the ``segment_tables`` Lambda does after each merge.
 

@@ -30,7 +30,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
-from clickstream import workflows
+from clickstream import segment_tables, workflows
 from clickstream.config import Settings
 from stacks.functions import python_function
 from stacks.storage import StorageStack
@@ -41,8 +41,6 @@ DB_ROLES_TAG = "RedshiftDbRoles"
 # Stands in for the streaming role's ARN in the setup digest (the real ARN is its own property).
 ROLE_STAND_IN = "${StreamingRoleArn}"
 # Data API connection fields -> the segment_tables function's environment (functions/segment_tables).
-_SEGMENT_ENV = {"Database": "DATABASE", "WorkgroupName": "WORKGROUP_NAME", "ClusterIdentifier": "CLUSTER_IDENTIFIER",
-                "SecretArn": "SECRET_ARN", "DbUser": "DB_USER"}
 
 
 def _service(name: str) -> iam.ServicePrincipal:
@@ -266,8 +264,7 @@ class WarehouseStack(cdk.Stack):
         self.workflow_role.assume_role_policy.add_statements(iam.PolicyStatement(
             actions=["sts:AssumeRole"], principals=[_service("lambda.amazonaws.com")]))
         names = self.names
-        env = {_SEGMENT_ENV[key]: value for key, value in self.connection.items()}
-        env |= {"SCHEMA": names.schema, "KINESIS_SCHEMA": names.kinesis_schema, "READER_ROLE": names.reader_role}
+        env = segment_tables.lambda_environment(self.connection, names)
         function = python_function(
             self, "SegmentTables", name="segment_tables", handler="handler",
             modules=["segment_schema", "segment_tables"], environment=env, role=self.workflow_role,

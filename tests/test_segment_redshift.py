@@ -315,6 +315,20 @@ def test_handler_target_from_environment():
     assert ModelNames().schema == "clickstream"
 
 
+@pytest.mark.parametrize("mode, secret, user", [("serverless", "", ""), ("provisioned", "arn:secret", ""),
+                                                 ("provisioned", "", "loader")])
+def test_the_stacks_environment_reads_back_as_the_workflows_connection(mode, secret, user):
+    """The warehouse stack writes the function's environment with lambda_environment; the handler
+    must read back exactly the connection and names the workflows use (one definition of both)."""
+    from clickstream import workflows
+
+    connection = workflows.connection_parameters(mode, "wh", "analytics", secret_arn=secret, db_user=user)
+    names = ModelNames(schema="events_s", kinesis_schema="kds", reader_role="bi")
+    env = st.lambda_environment(connection, names)
+    assert lambda_handler.target_from_env(env) == connection
+    assert st.names_from_env(env) == st.SchemaNames(schema="events_s", kinesis_schema="kds", reader_role="bi")
+
+
 def test_the_lambda_bundle_imports_without_sqlglot_or_duckdb(tmp_path):
     """What CDK's bundling copies (handler + the listed clickstream modules) imports on a runtime that
     has boto3 and Powertools but neither sqlglot nor duckdb."""
@@ -328,7 +342,7 @@ def test_the_lambda_bundle_imports_without_sqlglot_or_duckdb(tmp_path):
         shutil.copyfile(root / "clickstream" / f"{module}.py", tmp_path / "clickstream" / f"{module}.py")
     code = ("import sys; sys.modules['sqlglot'] = None; sys.modules['duckdb'] = None; "
             f"sys.path.insert(0, {str(tmp_path)!r}); import handler; "
-            "print(handler.RedshiftRun.__name__, handler.SchemaNames().schema)")
+            "print(handler.RedshiftRun.__name__, handler.names_from_env({}).schema)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=tmp_path, env={"POWERTOOLS_TRACE_DISABLED": "1", "AWS_DEFAULT_REGION": "us-east-1",
                                             "PATH": "/usr/bin:/bin"})

@@ -12,6 +12,7 @@ modules ``segment_schema`` and ``segment_tables`` (neither needs sqlglot or duck
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -19,39 +20,26 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from clickstream.segment_schema import Limits
-from clickstream.segment_tables import DataApiExecutor, RedshiftRun, SchemaNames
+from clickstream.segment_tables import DataApiExecutor, RedshiftRun, names_from_env
+from clickstream.segment_tables import target_from_env as _target
 
-# Where the SQL runs: a Serverless workgroup, or a provisioned cluster (with DB_USER or SECRET_ARN).
-WORKGROUP_ENV, CLUSTER_ENV, DATABASE_ENV = "WORKGROUP_NAME", "CLUSTER_IDENTIFIER", "DATABASE"
-DB_USER_ENV, SECRET_ENV = "DB_USER", "SECRET_ARN"
-SCHEMA_ENV, KINESIS_SCHEMA_ENV, READER_ROLE_ENV = "SCHEMA", "KINESIS_SCHEMA", "READER_ROLE"
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics(namespace="Clickstream")
 
 
-def target_from_env(env: dict[str, str] | os._Environ = os.environ) -> dict[str, str]:
-    target = {"Database": env[DATABASE_ENV]}
-    if env.get(WORKGROUP_ENV):
-        target["WorkgroupName"] = env[WORKGROUP_ENV]
-    else:
-        target["ClusterIdentifier"] = env[CLUSTER_ENV]
-        if env.get(SECRET_ENV):
-            target["SecretArn"] = env[SECRET_ENV]
-        elif env.get(DB_USER_ENV):
-            target["DbUser"] = env[DB_USER_ENV]
-    return target
+def target_from_env(env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Where the SQL runs: a Serverless workgroup, or a cluster with a secret or database user (the
+    variables the warehouse stack sets with ``segment_tables.lambda_environment``)."""
+    return _target(env)
 
 
-def run(event: dict, client, env: dict[str, str] | os._Environ = os.environ) -> dict:
+def run(event: dict, client, env: Mapping[str, str] = os.environ) -> dict:
     defaults = Limits()
     limits = Limits(new_tables=int(event.get("maxNewTables", defaults.new_tables)),
                     new_columns=int(event.get("maxNewColumns", defaults.new_columns)),
                     columns_per_table=int(event.get("maxColumnsPerTable", defaults.columns_per_table)))
-    names = SchemaNames(schema=env.get(SCHEMA_ENV, SchemaNames.schema),
-                        kinesis_schema=env.get(KINESIS_SCHEMA_ENV, SchemaNames.kinesis_schema),
-                        reader_role=env.get(READER_ROLE_ENV, SchemaNames.reader_role))
-    return RedshiftRun(DataApiExecutor(client, target_from_env(env)), names, limits).run()
+    return RedshiftRun(DataApiExecutor(client, target_from_env(env)), names_from_env(env), limits).run()
 
 
 @logger.inject_lambda_context

@@ -357,11 +357,12 @@ _layers: dict[int, DuckDBSegment] = {}
 ENABLE_ENV = "CLICKSTREAM_SEGMENT_TABLES"
 
 
-def after_merge(conn: Any, names: ModelNames) -> None:
-    """The local loader's hook: spread what the merge added. A failure is logged and retried by the
-    next merge (the watermark did not move); it never stops the combined tables from loading."""
+def after_merge(conn: Any, names: ModelNames) -> bool:
+    """The local loader's hook: spread what the merge added. A failure is logged and returns False:
+    the loader retries it (the watermark did not move); it never stops the combined tables from
+    loading."""
     if os.environ.get(ENABLE_ENV, "on").lower() in ("off", "0", "false", "no"):
-        return
+        return True
     layer = _layers.get(id(conn))
     try:
         if layer is None or layer.conn is not conn:
@@ -370,10 +371,12 @@ def after_merge(conn: Any, names: ModelNames) -> None:
             layer = _layers[id(conn)] = DuckDBSegment(conn, names)
         layer.spread()
         layer.stats.last_error = None
+        return True
     except Exception as exc:
         if layer is not None:
             layer.stats.last_error = str(exc)
-        log.exception("segment tables: spreading the merged events failed; the next merge retries")
+        log.exception("segment tables: spreading the merged events failed; the loader retries")
+        return False
 
 
 # --- Redshift ---------------------------------------------------------------------------------------

@@ -199,13 +199,14 @@ class Warehouse:
             raise
         self.stats.merges += 1
 
-    def spread_segment_tables(self) -> None:
+    def spread_segment_tables(self) -> bool:
         """Spread the events merged since the last call into Segment's per-source tables.
 
         Not part of :meth:`merge`: the loader calls it once it has caught up with the stream, so a
         burst is merged into ``events`` at full speed and the per-event tables follow in one larger
-        pass (a failure there is logged and retried; it never stops ``events`` from loading)."""
-        segment_tables.after_merge(self.conn, self.names)
+        pass (a failure there is logged and retried; it never stops ``events`` from loading).
+        Returns False when the pass failed."""
+        return segment_tables.after_merge(self.conn, self.names)
 
     def load_from(self, stream: LocalStream, batch: int = 50_000) -> int:
         """Load everything the stream has beyond what is loaded; returns the number of records."""
@@ -227,6 +228,7 @@ class Warehouse:
         return read_only_query(self.conn, sql)
 
 
+SPREAD_RETRY_SECONDS = 2.0  # a failed Segment-tables pass is retried this often (it logs each failure)
 RETRY_MAX_SECONDS = 1.0  # a failed load or merge is retried at least this often: queryable ~1 s after recovery
 
 
@@ -257,6 +259,8 @@ class Loader:
         self._thread: threading.Thread | None = None
         self.lock = threading.Lock()
         self._merge_due = True  # a previous run may have left loaded rows unmerged
+        self._spread_due = True  # ... or merged rows not yet in the per-source tables
+        self._spread_retry_at = 0.0
         self.failures = 0  # consecutive failed passes; 0 when the last one succeeded
         self.last_error: str | None = None
 
@@ -302,7 +306,11 @@ class Loader:
                     self.warehouse.merge()
                     stream.set_checkpoint(LOADER_CONSUMER, self.warehouse.last_loaded_seq())
                 if loaded or self._merge_due:
-                    self.warehouse.spread_segment_tables()  # caught up: the per-event tables follow
+                    self._spread_due = True
+                if self._spread_due and time.monotonic() >= self._spread_retry_at:
+                    # caught up: the per-event tables follow; a failed pass is retried without traffic
+                    self._spread_due = not self.warehouse.spread_segment_tables()
+                    self._spread_retry_at = time.monotonic() + (SPREAD_RETRY_SECONDS if self._spread_due else 0)
                 self._merge_due = False
             except Exception:
                 self._merge_due = True  # rows may be loaded but not merged: the retry merges them

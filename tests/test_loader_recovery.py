@@ -78,6 +78,36 @@ def test_a_failed_merge_is_retried_until_merged_without_new_traffic(tmp_path):
         warehouse.close()
 
 
+def test_a_failed_segment_tables_pass_is_retried_without_new_traffic(tmp_path, monkeypatch):
+    """The per-source tables follow `events` even when their pass failed and no traffic comes."""
+    from clickstream import segment_tables
+    from clickstream import warehouse as warehouse_module
+
+    monkeypatch.setattr(warehouse_module, "SPREAD_RETRY_SECONDS", 0.2)
+    real, calls = segment_tables.DuckDBSegment.spread, []
+
+    def failing_once(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise duckdb.IOException("injected: disk hiccup")
+        return real(self)
+
+    monkeypatch.setattr(segment_tables.DuckDBSegment, "spread", failing_once)
+    warehouse = Warehouse.in_dir(tmp_path)
+    loader = Loader(warehouse, tmp_path, interval=0.1)
+    loader.start()
+    try:
+        put_events(tmp_path, ["p1", "p2"])  # then no traffic at all
+        wait_for(lambda: merged_ids(warehouse) == ["p1", "p2"], timeout=10)
+        wait_for(lambda: warehouse.query("SELECT COUNT(*) FROM information_schema.tables "
+                                         "WHERE table_schema = 'web' AND table_name = 'tracks'")[1][0][0] == 1
+                 and warehouse.query("SELECT COUNT(*) FROM web.tracks")[1][0][0] == 2, timeout=10)
+        assert len(calls) >= 2
+    finally:
+        loader.stop()
+        warehouse.close()
+
+
 def test_rows_left_unmerged_at_shutdown_are_merged_by_the_next_start(tmp_path):
     warehouse = Warehouse.in_dir(tmp_path)
     flaky = FlakyMerge(warehouse)

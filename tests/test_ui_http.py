@@ -74,6 +74,9 @@ def test_live_events_newest_first_with_envelope_and_no_checkpoint_moved(live_pip
     assert [e["seq"] for e in httpx.get(url + API + "events?source=backend").json()["events"]] == [4]
     assert [e["seq"] for e in httpx.get(url + API + "events?type=track&q=STEP%201").json()["events"]] == [2]
     assert [e["seq"] for e in httpx.get(url + API + "events?limit=2").json()["events"]] == [4, 3]
+    # A number that is not ASCII digits ('²' passes str.isdigit) is ignored, not a 500.
+    odd = httpx.get(url + API + "events?limit=%C2%B2&after=%D9%A3")
+    assert odd.status_code == 200 and [e["seq"] for e in odd.json()["events"]] == [4, 3, 2, 1]
     # Watching the stream is not being a consumer: no checkpoint of its own (its connection is read-only).
     assert set(_checkpoints(data_dir)) <= {"warehouse", "archiver"}
 

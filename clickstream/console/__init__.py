@@ -476,7 +476,7 @@ def _arg(scope: Scope, name: str) -> str | None:
 
 def _int_arg(scope: Scope, name: str, default: int) -> int:
     value = _arg(scope, name)
-    return int(value) if value and value.isdigit() else default
+    return int(value) if value and value.isascii() and value.isdigit() else default  # '²'.isdigit() is True
 
 
 async def _events(console: Console, scope: Scope, receive: Receive) -> tuple[int, Any]:

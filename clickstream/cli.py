@@ -29,6 +29,9 @@ def _json_option(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from clickstream.server import ServerLimits  # `local`'s defaults are the limits' own
+    from clickstream.stream import Limits
+
     parser = argparse.ArgumentParser(
         prog="clickstream",
         description="Clickstream on AWS: a Segment-compatible clickstream pipeline, deployed or local.",
@@ -65,22 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="oldest buffered record age that triggers an archive write (default 300, like Firehose)")
     local.add_argument("--load-interval", type=float, default=0.5,
                        help="seconds between warehouse loads (default 0.5)")
-    local.add_argument("--max-backlog", type=int, default=1_000_000,
+    local.add_argument("--max-backlog", type=int, default=Limits.max_backlog,
                        help="answer 429 (Retry-After) while more records than this wait for the warehouse "
-                       "loader (default 1000000)")
-    local.add_argument("--min-free-mb", type=int, default=256,
-                       help="answer 503 while the data dir's disk has less free space (default 256)")
+                       "loader (default %(default)s)")
+    local.add_argument("--min-free-mb", type=int, default=Limits.min_free_bytes // 2**20,
+                       help="answer 503 while the data dir's disk has less free space (default %(default)s)")
     local.add_argument("--forwarded-allow-ips", metavar="IPS",
                        help="comma-separated proxy addresses (or *) whose X-Forwarded-For/-Proto headers are "
                        "trusted for the client IP; default: none, the IP is the TCP peer (like API Gateway's "
                        "sourceIp)")
-    local.add_argument("--max-connections", type=int, default=1000,
-                       help="open connections at most (default 1000): a new one replaces the longest idle, or "
-                       "gets 503 when all are busy")
-    local.add_argument("--header-timeout", type=float, default=10.0,
-                       help="seconds a client has to send the request line and headers (default 10; then 408)")
-    local.add_argument("--body-timeout", type=float, default=30.0,
-                       help="seconds a client has to send the body after the headers (default 30; then 408)")
+    local.add_argument("--max-connections", type=int, default=ServerLimits.max_connections,
+                       help="open connections at most (default %(default)s): a new one replaces the longest idle, "
+                       "or gets 503 when all are busy")
+    local.add_argument("--header-timeout", type=float, default=ServerLimits.header_timeout,
+                       help="seconds a client has to send the request line and headers (default %(default)s; "
+                       "then 408)")
+    local.add_argument("--body-timeout", type=float, default=ServerLimits.body_timeout,
+                       help="seconds a client has to send the body after the headers (default %(default)s; "
+                       "then 408)")
     local.set_defaults(func=_cmd_local)
 
     query = sub.add_parser(

@@ -287,3 +287,15 @@ def test_banner_has_node_and_browser_snippets_for_this_endpoint(tmp_path):
     assert "    { writeKey: 'web-key-123', cdnURL: 'http://127.0.0.1:9123' }," in text
     assert "'Segment.io': { apiHost: '127.0.0.1:9123/v1', protocol: 'http' }" in text
     assert f"clickstream archive --flush --data-dir {tmp_path}" in text
+
+
+def test_local_option_defaults_are_the_limits_own():
+    """`clickstream local`'s defaults come from ServerLimits and the stream's Limits, not copies."""
+    from clickstream.cli import build_parser
+    from clickstream.server import ServerLimits
+    from clickstream.stream import Limits
+
+    args = build_parser().parse_args(["local"])
+    assert (args.max_connections, args.header_timeout, args.body_timeout) == (
+        ServerLimits.max_connections, ServerLimits.header_timeout, ServerLimits.body_timeout)
+    assert (args.max_backlog, args.min_free_mb * 2**20) == (Limits.max_backlog, Limits.min_free_bytes)

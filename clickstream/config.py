@@ -206,9 +206,6 @@ def load_settings(get: Callable[[str], Any] | Mapping[str, Any]) -> Settings:
         errors.append(f"redshiftMode: must be serverless or provisioned, got {v['redshiftMode']!r}")
     if v["redshiftMode"] == "provisioned" and not (v["redshiftSecretArn"] or v["redshiftDbUser"]):
         errors.append("redshiftSecretArn/redshiftDbUser: a provisioned cluster needs one of them")
-    if v["redshiftMode"] == "provisioned" and v["createServerless"]:
-        errors.append("createServerless: set it to false with redshiftMode provisioned (the stack never creates "
-                      "a cluster; it uses the one named by redshiftName)")
     base, most = v["serverlessBaseCapacity"], v["serverlessMaxCapacity"]
     if base not in SERVERLESS_BASE_CAPACITIES:
         errors.append(f"serverlessBaseCapacity: 4, or 8 to 512 in steps of 8 RPUs, got {base}")

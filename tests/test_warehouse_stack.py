@@ -45,7 +45,8 @@ def _resolve(part, partition: str) -> str:
         return part
     if part == {"Ref": "AWS::Partition"}:
         return partition
-    if part == {"Fn::GetAtt": [segment_function_id(), "Arn"]}:
+    get_att = part.get("Fn::GetAtt", ["", ""])
+    if get_att[0].startswith("SegmentTables") and get_att[1] == "Arn":  # any synth, not only the fixture's
         return SEGMENT_FUNCTION_ARN
     assert part["Fn::GetAtt"][0].startswith("StreamingIngestionRole"), part
     return "arn:aws:iam::123456789012:role/streaming"
@@ -256,7 +257,6 @@ def test_placeholder_write_keys_fail_synth_with_the_exact_message(tmp_path):
     ("serverlessUsageLimitAction", "stop", "serverlessUsageLimitAction: log, emit-metric or deactivate"),
     ("redshiftSubnetIds", '["vpc-0123abcd"]', "redshiftSubnetIds: a list of ids like subnet-0123abcd"),
     ("redshiftSubnetIds", '["subnet-0123abcd"]', "redshiftSubnetIds: Redshift Serverless needs at least three"),
-    ("createServerless", "true", "createServerless: set it to false with redshiftMode provisioned"),
     ("dedupWindowDays", "0", "dedupWindowDays: 0 must be a whole number of days, 1 to 365"),
     ("readerRole", "BI-Reader", "readerRole: 'BI-Reader' must be a lower-case SQL identifier"),
 ])
@@ -264,8 +264,6 @@ def test_bad_warehouse_settings_are_named(key, value, message):
     from clickstream.config import ConfigError, load_settings
 
     given = {"writeKeys": {"web-write-key-1": "web"}, key: value}
-    if key == "createServerless":
-        given |= {"redshiftMode": "provisioned", "redshiftDbUser": "loader"}
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_settings(given)
 
@@ -346,9 +344,13 @@ def test_setup_reruns_when_any_of_its_inputs_changes(tmp_path):
 
 
 def test_provisioned_mode_targets_the_cluster(tmp_path):
+    """createServerless (default true) is about Serverless only: a provisioned cluster needs no
+    other flag, and nothing Serverless is created for it."""
     _, templates = synth(tmp_path, redshiftMode="provisioned", redshiftName="analytics-cluster",
-                         redshiftDbUser="loader", createServerless="false")
+                         redshiftDbUser="loader")
     t = templates["ClickstreamWarehouse"]
+    assert not t.find_resources("AWS::RedshiftServerless::Namespace")
+    assert not t.find_resources("AWS::RedshiftServerless::Workgroup")
     asl = definition(machines(t)["ClickstreamWarehouse-Refresh"])
     params = asl["States"]["RunEachInOrder"]["Iterator"]["States"]["ExecuteStatement"]["Parameters"]
     assert params["ClusterIdentifier"] == "analytics-cluster" and params["DbUser"] == "loader"

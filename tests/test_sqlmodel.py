@@ -184,3 +184,25 @@ def test_truncation_function_is_byte_safe_and_matches_the_reference(width):
         assert len(out.encode()) <= width and text.startswith(out)
         if text.isascii():
             assert out == text[:width]
+
+
+def test_the_record_size_limit_in_the_sql_is_the_one_the_local_loader_applies():
+    """The streaming view and the merge write the 64,000-byte limit as a literal (Redshift SQL has no
+    constants); the local loader applies redshift_rules.MAX_RECORD_BYTES. They must be one number."""
+    from clickstream.redshift_rules import MAX_RECORD_BYTES
+    from clickstream.sqlmodel import SQL_DIR
+
+    view = (SQL_DIR / "redshift" / "setup" / "070_streaming_view.sql").read_text()
+    stage = (SQL_DIR / "redshift" / "refresh" / "030_stage_events.sql").read_text()
+    limits = re.findall(r"OCTET_LENGTH\(kinesis_data\) <= (\d+)", view) + re.findall(r"record_bytes > (\d+)", stage)
+    assert len(limits) == 3 and {int(n) for n in limits} == {MAX_RECORD_BYTES}
+
+
+def test_the_lambdas_default_names_are_the_models():
+    """The Segment-tables Lambda cannot bundle sqlmodel (sqlglot), so SchemaNames repeats three of
+    ModelNames' defaults: held equal here."""
+    from clickstream.segment_tables import SchemaNames
+
+    model, lam = ModelNames(), SchemaNames()
+    assert (lam.schema, lam.kinesis_schema, lam.reader_role) == (model.schema, model.kinesis_schema,
+                                                                 model.reader_role)

@@ -17,7 +17,12 @@ READ_ONLY_ROOTS = (exp.Select, exp.Union, exp.Intersect, exp.Except, exp.Describ
 
 
 class QueryError(Exception):
-    pass
+    """A query that was not answered; ``server_fault`` when the pipeline, not the SQL, is to blame
+    (the admin endpoint's 5xx, or no answer at all)."""
+
+    def __init__(self, message: str, *, server_fault: bool = False) -> None:
+        super().__init__(message)
+        self.server_fault = server_fault
 
 
 def check_read_only(sql: str) -> None:
@@ -72,7 +77,13 @@ def run_query(data_dir: Path, sql: str) -> tuple[list[str], list[list[Any]]]:
             with urllib.request.urlopen(request, timeout=120) as response:
                 body = json.loads(response.read())
         except urllib.error.HTTPError as exc:
-            raise QueryError(json.loads(exc.read()).get("message", str(exc))) from exc
+            try:
+                message = json.loads(exc.read()).get("message", str(exc))
+            except ValueError:
+                message = str(exc)
+            raise QueryError(message, server_fault=exc.code >= 500) from exc
+        except (urllib.error.URLError, OSError) as exc:  # refused, reset or timed out
+            raise QueryError(f"the running pipeline did not answer: {exc}", server_fault=True) from exc
         return body["columns"], body["rows"]
     from clickstream.warehouse import WAREHOUSE_FILE, QueryFailed, Warehouse, lock_down
 
@@ -90,7 +101,7 @@ def run_query(data_dir: Path, sql: str) -> tuple[list[str], list[list[Any]]]:
         columns, rows = wh.query(sql)
         return columns, [list(r) for r in rows]
     except QueryFailed as exc:
-        raise QueryError(f"query failed: {exc}") from exc
+        raise QueryError(f"query failed: {exc}", server_fault=exc.server_fault) from exc
     finally:
         wh.close()
 

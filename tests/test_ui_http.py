@@ -261,3 +261,39 @@ def test_non_loopback_clients_are_refused_even_with_a_loopback_host():
         "the live events page answers loopback clients only"
     assert Console._refuse({"client": ("127.0.0.1", 50000)}, headers, data=True) is None
     assert Console._refuse({"client": ("::1", 50000)}, headers, data=True) is None
+
+
+def test_query_box_says_unavailable_when_the_pipeline_not_the_sql_failed(tmp_path):
+    """The admin endpoint answers 503 while the consumer process restarts; the page must say so
+    (503 unavailable), not blame the user's SQL (400)."""
+    import asyncio
+    import http.server
+    import json as jsonlib
+    import threading
+
+    from clickstream.query import QueryError, run_query, write_state
+
+    class Down(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["content-length"]))
+            body = jsonlib.dumps({"code": "unavailable", "message": "the warehouse process is restarting"}).encode()
+            self.send_response(503)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Down)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        write_state(tmp_path, f"http://127.0.0.1:{server.server_port}/_clickstream/query", "token")
+        with pytest.raises(QueryError) as caught:
+            run_query(tmp_path, "SELECT 1")
+        assert caught.value.server_fault and "restarting" in str(caught.value)
+        console = Console(tmp_path, WRITE_KEYS)
+        status, body = asyncio.run(console.run_sql("SELECT 1"))
+        assert (status, body["code"]) == (503, "unavailable")
+    finally:
+        server.shutdown()

@@ -372,6 +372,8 @@ class Console:
         try:
             columns, rows = await asyncio.to_thread(self._run_sql, sql)
         except QueryError as exc:
+            if exc.server_fault:  # the pipeline's fault (e.g. its consumer process restarting): retry later
+                return 503, {"code": "unavailable", "message": str(exc)}
             return 400, {"code": "invalid_query", "message": str(exc)}
         except Exception as exc:  # the warehouse's message is the caller's to read
             return 400, {"code": "invalid_query", "message": f"query failed: {exc}"}

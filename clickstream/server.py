@@ -95,6 +95,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._body_bytes = 0  # of the current request
         self._header_bytes = 0  # header names, values and framing, as API Gateway counts them
         self._raw_header_bytes = 0  # bytes received while the headers were not complete
+        self._heads_completed = 0  # request heads parsed on this connection (pipelining)
         self._in_headers = True
         self._header_overflow: str | None = None
         self._deadline: float | None = None  # loop time when the current phase times out
@@ -185,21 +186,23 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._closed:
             return
         self._unset_keepalive_if_required()
-        if self._in_headers:
+        while self._in_headers:
             # The parser reports a header only once it is complete, buffering it until then; so the
             # raw bytes before the end of the headers (request line included) are bounded too.
             room = self.limits.max_header_bytes + self.limits.max_url_chars + 1024 - self._raw_header_bytes
-            if len(data) > room:
-                self._feed(data[:room])
-                if self._closed:
-                    return
-                if self._in_headers:
-                    self._header_overflow = "headers"
-                    self._refuse_headers()
-                    return
-                data = data[room:]
-            else:
+            if len(data) <= room:
                 self._raw_header_bytes += len(data)
+                break
+            completed = self._heads_completed
+            self._feed(data[:room])
+            if self._closed:
+                return
+            data = data[room:]
+            if self._in_headers and self._heads_completed == completed:
+                self._header_overflow = "headers"  # one head, still open after all that room
+                self._refuse_headers()
+                return
+            # else: pipelined requests, a head completed in the slice: go on with the next one
         self._feed(data)
 
     def _refuse_headers(self) -> None:
@@ -243,6 +246,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
+        self._heads_completed += 1
         self._raw_header_bytes = 0
         self._arm(self.limits.body_timeout, "body")
         super().on_headers_complete()

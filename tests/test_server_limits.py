@@ -272,3 +272,22 @@ def test_the_connection_cap_fits_under_the_open_file_limit(monkeypatch):
     monkeypatch.setattr(resource, "getrlimit", lambda what: (1024, 1024))
     assert server.fit_descriptors(ServerLimits(max_connections=1000)).max_connections == 1024 - server.FD_RESERVE
     assert server.fit_descriptors(ServerLimits(max_connections=500)).max_connections == 500
+
+
+def test_pipelined_requests_in_one_write_are_all_served_not_refused_as_large_headers(tmp_path):
+    """HTTP/1.1 pipelining: many complete small requests in one packet are not one oversized head."""
+    n = 400
+    request = (f"POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(TRACK)}\r\n\r\n").encode() + TRACK
+    assert len(request) * n > 2 * (ServerLimits().max_header_bytes + ServerLimits().max_url_chars + 1024)
+    with serving(tmp_path) as addr, connect(addr) as sock:
+        sock.sendall(request * n)
+        answers = b""
+        deadline = time.monotonic() + 20
+        while answers.count(b"HTTP/1.1 ") < n and time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answers += chunk
+    assert answers.count(b"HTTP/1.1 200 ") == n, answers[:300]
+    assert len(stored(tmp_path)) == n

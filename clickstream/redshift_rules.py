@@ -16,6 +16,10 @@ Sources (Amazon Redshift Database Developer Guide):
 - SUPER: a string value is at most 65,535 bytes, duplicate keys are invalid:
   https://docs.aws.amazon.com/redshift/latest/dg/limitations-super.html
 - DATEADD's interval is an INTEGER: https://docs.aws.amazon.com/redshift/latest/dg/r_DATEADD_function.html
+- parse JSON once (JSON_PARSE into SUPER) and navigate it with PartiQL paths:
+  https://docs.aws.amazon.com/redshift/latest/dg/query-super.html; an attribute name keeps its case
+  only double-quoted with enable_case_sensitive_identifier on, else it is folded to lower case and
+  a camelCase attribute is never found: https://docs.aws.amazon.com/redshift/latest/dg/super-configurations.html
 """
 
 from __future__ import annotations
@@ -156,6 +160,36 @@ COMMAND_FORMS = (
     re.compile(r"^ALTER DEFAULT PRIVILEGES IN SCHEMA \w+ GRANT SELECT ON TABLES TO ROLE \w+$"),
 )
 _DATEADD = (exp.DateAdd, exp.TsOrDsAdd, exp.TimestampAdd)
+# Functions that parse JSON text: the merge reads records the streaming view parsed once into SUPER.
+JSON_TEXT_FUNCTIONS = frozenset({"JSON_EXTRACT_PATH_TEXT", "JSON_EXTRACT_ARRAY_ELEMENT_TEXT", "JSON_PARSE",
+                                 "CAN_JSON_PARSE", "IS_VALID_JSON", "IS_VALID_JSON_ARRAY"})
+
+
+def path_parts(node: exp.Expr) -> list[exp.Identifier] | None:
+    """The parts of a PartiQL path (``alias.column."a"."b"``: a column reference of more than two
+    parts, the model's only way of writing one; sqlglot reads it as catalog.db.table.column and Dot),
+    else None."""
+    parts: list[exp.Expr]
+    if isinstance(node, exp.Column):
+        parts = list(node.parts)
+    elif isinstance(node, exp.Dot) and isinstance(node.this, exp.Column | exp.Dot):
+        base: list[exp.Expr] | None = list(node.this.parts) if isinstance(node.this, exp.Column) else None
+        if isinstance(node.this, exp.Dot):
+            inner = path_parts(node.this)
+            base = None if inner is None else list(inner)
+        if base is None:
+            return None
+        parts = [*base, node.expression]
+    else:
+        return None
+    identifiers = [p for p in parts if isinstance(p, exp.Identifier)]
+    return identifiers if len(parts) > 2 and len(identifiers) == len(parts) else None
+
+
+def super_paths(tree: exp.Expr) -> list[list[exp.Identifier]]:
+    """Every PartiQL path in a statement (outermost nodes only)."""
+    found = (path_parts(node) for node in tree.find_all(exp.Column, exp.Dot) if not isinstance(node.parent, exp.Dot))
+    return [parts for parts in found if parts is not None]
 
 
 def _without_comments(sql: str) -> str:
@@ -183,6 +217,17 @@ def lint(name: str, sql: str) -> list[Violation]:
     for col, width in varchar_widths(tree).items():
         if not 1 <= width <= MAX_VARCHAR_BYTES:
             out.append(Violation(name, f"VARCHAR({width}) for {col}: width must be 1..{MAX_VARCHAR_BYTES} bytes"))
+    for path in super_paths(tree):
+        for attribute in path[2:]:
+            if not attribute.quoted:
+                out.append(Violation(name, f"PartiQL attribute {attribute.name} in {'.'.join(p.sql() for p in path)} "
+                                           "must be double-quoted, or its case is folded"))
+    if name.startswith("refresh/"):
+        for func in tree.find_all(exp.Anonymous, exp.JSONExtractScalar, exp.ParseJSON):
+            called = func.name.upper() if isinstance(func, exp.Anonymous) else func.key.upper()
+            if called in JSON_TEXT_FUNCTIONS or isinstance(func, exp.JSONExtractScalar | exp.ParseJSON):
+                out.append(Violation(name, f"{func.sql(dialect='redshift')[:40]}...: the merge navigates the "
+                                           "SUPER record with PartiQL paths, it does not parse JSON text"))
     for node in tree.find_all(*_DATEADD):
         interval = node.expression
         if not (isinstance(interval, exp.Literal) and INT32_MIN <= int(interval.name) <= INT32_MAX):

@@ -26,6 +26,8 @@ from typing import Any
 import sqlglot
 from sqlglot import exp
 
+from clickstream import redshift_rules
+
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 PHASES = ("setup", "refresh")
 # Statements that only make sense on Redshift; sql/duckdb holds what replaces them locally.
@@ -203,6 +205,51 @@ def _redshift_semantics(node: exp.Expr) -> exp.Expr:
     return node
 
 
+def _json_path(parts: list[exp.Identifier]) -> exp.Expr:
+    """``alias.column."a"."b"`` as DuckDB's ``json_extract(alias.column, '$."a"."b"')``."""
+    path = "$" + "".join('."' + part.name.replace('"', '\\"') + '"' for part in parts[2:])
+    return exp.Anonymous(this="json_extract", expressions=[exp.column(parts[1].name, table=parts[0].name),
+                                                             exp.Literal.string(path)])
+
+
+# SUPER type information functions applied to a path, as tests of the value's first character:
+# json_extract writes values minified, so that character tells the type, and reading it is several
+# times cheaper than json_type, which parses the value again. The same functions applied to a column
+# (whose JSON text may start with whitespace) are the exact macros of sql/duckdb/setup/000_functions.sql.
+# https://docs.aws.amazon.com/redshift/latest/dg/c_Type_Info_Functions.html
+_FIRST_CHARACTER_TESTS = {"IS_VARCHAR": ('"',), "IS_OBJECT": ("{",), "IS_ARRAY": ("[",), "IS_BOOLEAN": ("t", "f")}
+
+
+def _super_navigation(node: exp.Expr) -> exp.Expr:
+    """PartiQL paths into SUPER values as DuckDB JSON extraction, with Redshift's meaning: a missing
+    attribute is NULL (lax mode), and ``CAST(path AS VARCHAR)`` is the string a SUPER string holds
+    (NULL for any other type; ``super_varchar`` in sql/duckdb/setup/000_functions.sql).
+    https://docs.aws.amazon.com/redshift/latest/dg/query-super.html"""
+    if isinstance(node, exp.Case) and len(node.args.get("ifs") or []) == 1 and not node.args.get("default"):
+        # CASE WHEN IS_VARCHAR(p) THEN p::VARCHAR END: the cast alone says the same here
+        test, value = node.args["ifs"][0].this, node.args["ifs"][0].args["true"]
+        if isinstance(test, exp.Anonymous) and test.name.upper() == "IS_VARCHAR" and isinstance(value, exp.Cast) \
+                and redshift_rules.path_parts(value.this) is not None and test.expressions[0] == value.this:
+            return _super_navigation(value)
+    if isinstance(node, exp.Cast) and node.to.this in (exp.DataType.Type.VARCHAR, exp.DataType.Type.TEXT):
+        parts = redshift_rules.path_parts(node.this)
+        if parts is not None:
+            return exp.func("super_varchar", _json_path(parts))
+    if isinstance(node, exp.Anonymous) and len(node.expressions) == 1:
+        parts = redshift_rules.path_parts(node.expressions[0])
+        name = node.name.upper()
+        if parts is not None and name in _FIRST_CHARACTER_TESTS:
+            first = exp.func("super_first", _json_path(parts))
+            return exp.In(this=first, expressions=[exp.Literal.string(c) for c in _FIRST_CHARACTER_TESTS[name]])
+        if parts is not None and name == "JSON_TYPEOF":
+            return exp.func("super_typeof", _json_path(parts))
+    if isinstance(node, exp.Column | exp.Dot) and not isinstance(node.parent, exp.Dot):
+        parts = redshift_rules.path_parts(node)
+        if parts is not None:
+            return _json_path(parts)
+    return node
+
+
 def _one_parse_per_object(tree: exp.Expr) -> exp.Expr:
     """DuckDB parses JSON text once per extraction; where one SELECT extracts several paths from the
     same column, extract them all with one ``json_extract_string(col, [paths])`` in a subquery.
@@ -215,23 +262,30 @@ def _one_parse_per_object(tree: exp.Expr) -> exp.Expr:
         source = select.args.get("from_")
         if source is None or select.args.get("joins") or not isinstance(source.this, exp.Table):
             continue
-        groups: dict[str, list[exp.JSONExtractScalar]] = {}
+        groups: dict[tuple[type, str], list[exp.JSONExtract | exp.JSONExtractScalar]] = {}
         for projection in select.expressions:
-            for node in projection.find_all(exp.JSONExtractScalar):
+            for node in projection.find_all(exp.JSONExtractScalar, exp.JSONExtract):
                 if isinstance(node.this, exp.Column) and node.find_ancestor(exp.Select) is select:
-                    groups.setdefault(node.this.sql(), []).append(node)
-        for nodes in groups.values():
+                    groups.setdefault((type(node), node.this.sql()), []).append(node)
+        for (kind, _), nodes in groups.items():
+            paths = list(dict.fromkeys(n.expression.sql() for n in nodes))  # a path read twice, extracted once
             if len(nodes) < 2:
                 continue
             counter += 1
             name = f"__json_{counter}"
             table = select.args["from_"].this
             alias = table.alias_or_name
-            extract = exp.func("json_extract_string", exp.func("redshift_json_text", nodes[0].this.copy()),
-                               exp.Array(expressions=[n.expression.copy() for n in nodes]))
+            if kind is exp.JSONExtractScalar:  # JSON_EXTRACT_PATH_TEXT: text, Redshift's 64 KB input limit
+                extract = exp.func("json_extract_string", exp.func("redshift_json_text", nodes[0].this.copy()),
+                                   exp.Array(expressions=[n.expression.copy() for n in nodes]))
+                paths = [n.expression.sql() for n in nodes]
+            else:  # SUPER navigation: JSON values
+                extract = exp.func("json_extract", nodes[0].this.copy(),
+                                   exp.Array(expressions=[sqlglot.parse_one(p, read="duckdb") for p in paths]))
             inner = exp.select(exp.Star(), extract.as_(name)).from_(table.copy())
             select.args["from_"].set("this", inner.subquery(alias))
-            for i, node in enumerate(nodes, 1):
+            for node in nodes:
+                i = paths.index(node.expression.sql()) + 1 if kind is exp.JSONExtract else nodes.index(node) + 1
                 node.replace(exp.func("list_extract", exp.column(name, table=alias), exp.Literal.number(i)))
     for node in list(tree.find_all(exp.JSONExtractScalar)):  # the others: Redshift's 64 KB input limit
         node.set("this", exp.func("redshift_json_text", node.this))
@@ -259,8 +313,6 @@ def _check_widths(tree: exp.Expr, widths: dict[str, dict[str, int]]) -> exp.Expr
 @lru_cache(maxsize=1)
 def model_widths() -> dict[str, dict[str, int]]:
     """Table -> VARCHAR column -> byte width, from the model's CREATE TABLE and ADD COLUMN statements."""
-    from clickstream import redshift_rules
-
     widths: dict[str, dict[str, int]] = {}
     for stmt in redshift_statements("setup", ModelNames()):
         if not re.search(r"^\s*(CREATE TABLE|ALTER TABLE)", stmt.body or stmt.sql, re.M):
@@ -280,7 +332,7 @@ def model_widths() -> dict[str, dict[str, int]]:
 def transpile(sql: str) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tree = sqlglot.parse_one(sql, read="redshift").transform(_redshift_semantics)
+        tree = sqlglot.parse_one(sql, read="redshift").transform(_super_navigation).transform(_redshift_semantics)
         tree = _check_widths(tree, model_widths())
         tree = sqlglot.parse_one(tree.sql(dialect="duckdb", unsupported_level=sqlglot.ErrorLevel.IGNORE),
                                  read="duckdb")

@@ -233,7 +233,8 @@ RETRY_MAX_SECONDS = 1.0  # a failed load or merge is retried at least this often
 
 
 # A statement that writes a durable table (leading comments skipped).
-_WRITE = re.compile(r"^\s*(?:/\*.*?\*/\s*|--[^\n]*\n\s*)*(?:INSERT|UPDATE|DELETE)\b", re.S | re.I)
+# A comment ends at its first */ (no ".*?" that could span several): one way to match, no backtracking.
+_WRITE = re.compile(r"^\s*(?:/\*(?:[^*]|\*(?!/))*\*/\s*|--[^\n]*\n\s*)*(?:INSERT|UPDATE|DELETE)\b", re.I)
 
 
 def _literal(text: str) -> str:

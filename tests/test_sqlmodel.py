@@ -44,10 +44,34 @@ def test_every_redshift_statement_passes_the_strict_checks(phase):
     ("SELECT DATEADD(ms, 1800000000000, ts) FROM t", "DATEADD interval 1800000000000 is not a literal INTEGER"),
     ("CREATE TABLE t (a VARCHAR(65536))", "VARCHAR(65536) for a: width must be 1..65535 bytes"),
     ("SELEC 1 FROM", "does not parse as Redshift"),
+    # PartiQL: an unquoted attribute is folded to lower case and never finds userId
+    ("SELECT r.d.message.userId FROM r", "PartiQL attribute userId in r.d.message.userId must be double-quoted"),
+    ('SELECT r.d."a"."b"."c"."d".userId FROM r', "PartiQL attribute userId"),
 ])
 def test_strict_checks_refuse_what_redshift_refuses(sql, expected):
     assert any(expected in v.message for v in redshift_rules.lint("t", sql)), redshift_rules.lint("t", sql)
-    assert redshift_rules.lint("t", 'SELECT "timestamp", DATEADD(ms, 5, ts) FROM t') == []
+    assert redshift_rules.lint("t", 'SELECT "timestamp", DATEADD(ms, 5, ts), r.d."message"."userId" FROM t') == []
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT JSON_EXTRACT_PATH_TEXT(r.raw_json, 'message', 'userId') FROM r",
+    "SELECT JSON_PARSE(r.message_text) FROM r",
+    "SELECT CASE WHEN CAN_JSON_PARSE(r.t) THEN 1 END FROM r",
+])
+def test_the_merge_may_not_parse_json_text(sql):
+    """One parse per record (the streaming view's JSON_PARSE): a merge statement that parses JSON
+    text again is refused; the same SQL in setup is not this rule's concern."""
+    assert any("navigates the SUPER record" in v.message for v in redshift_rules.lint("refresh/x.sql", sql))
+    assert not any("navigates the SUPER record" in v.message for v in redshift_rules.lint("setup/x.sql", sql))
+
+
+def test_the_staging_step_reads_the_record_through_paths_only():
+    staging = next(s.sql for s in redshift_statements("refresh", NAMES) if "030_stage_events" in s.name)
+    tree = redshift_rules.parse(staging)
+    paths = [".".join(p.name for p in path) for path in redshift_rules.super_paths(tree)]
+    assert {"r.d.message.userId", "r.d.receivedAt", "c.mc.page", "o.page.url"} <= set(paths)
+    # every path starts at the parsed record (d) or at an object navigated from it
+    assert {p.split(".")[1] for p in paths} == {"d", "mc", "bc", "page", "library", "campaign"}
 
 
 def test_reserved_word_list_is_the_documented_one():
@@ -71,7 +95,7 @@ def test_final_columns_use_no_reserved_word_but_timestamp():
 def test_refresh_sends_refresh_alone_then_the_merge_as_one_transaction():
     statements = redshift_statements("refresh", NAMES)
     assert [(s.name, s.transaction) for s in statements] == [
-        ("refresh/010_refresh_view.sql#1", False),
+        ("refresh/010_refresh_view.sql#1", False), ("refresh/015_session.sql#1", True),
         ("refresh/020_stage_new_records.sql#1", True), ("refresh/030_stage_events.sql#1", True),
         ("refresh/040_stage_recent_keys.sql#1", True), ("refresh/050_merge_rejected.sql#1", True),
         ("refresh/060_merge_events.sql#1", True), ("refresh/070_advance_watermark.sql#1", True)]
@@ -79,7 +103,11 @@ def test_refresh_sends_refresh_alone_then_the_merge_as_one_transaction():
     # TEMP staging (lives as long as the transaction's session), literal bounds through procedures
     assert "CREATE TEMP TABLE staging" in merge and "CALL analytics.stage_new_records()" in merge
     assert f"CALL analytics.stage_recent_keys({NAMES.dedup_window_days})" in merge
-    assert "load_state" not in statements[2].sql, "the staging step must not join the watermark table"
+    assert "load_state" not in statements[3].sql, "the staging step must not join the watermark table"
+    # the batch's session reads quoted attributes with their case before any path is navigated
+    assert statements[1].sql.endswith("SET enable_case_sensitive_identifier TO true;")
+    assert statements[1].redshift_only
+    assert not any("SET enable_case" in s.sql for s in duckdb_statements("refresh", NAMES))
 
 
 def _columns_of_create(sql: str) -> list[str]:
@@ -143,7 +171,7 @@ def test_sql_lists_agree_with_the_contract():
     pending = next(s.sql for s in redshift_statements("refresh", NAMES) if "030_stage_events" in s.name)
     types = re.search(r"\w\.type NOT IN \(([^)]*)\)", pending).group(1)
     assert [t.strip(" '") for t in types.split(",")] == list(contract.MESSAGE_TYPES)
-    routes = re.search(r"o\.route IN \(([^)]*)\)", pending).group(1)
+    routes = re.search(r"\w\.route IN \(([^)]*)\)", pending).group(1)
     short = [r for r in contract.SINGLE_ROUTES if len(r) == 1] + [r for r in contract.BATCH_ROUTES if len(r) == 1]
     assert sorted(r.strip(" '") for r in routes.split(",")) == sorted(short)
 

@@ -225,3 +225,17 @@ def test_a_failed_merge_keeps_nothing_and_the_next_merge_redoes_it(tmp_path):
     wh.merge()
     assert wh.query(counts)[1] == [(1, 1)]
     wh.close()
+
+
+def test_the_merge_finds_its_first_write_behind_any_number_of_comments():
+    """The local merge opens its transaction at the first write statement, recognised behind the
+    comments sqlglot carries over from the SQL files. A comment pattern that could span several
+    comments took seconds to *not* match the staging statement (backtracking; every merge paid it)
+    and read a write out of a string literal."""
+    from clickstream.warehouse import _WRITE
+
+    comments = " ".join(f"/* note {i}: see r_{i}.html */" for i in range(40))
+    assert _WRITE.match(f"{comments}\nINSERT INTO t SELECT 1") is not None
+    assert _WRITE.match(f"-- a\n  -- b\n{comments} update t SET a = 1") is not None
+    assert _WRITE.match(f"{comments}\nCREATE TEMPORARY TABLE staging AS SELECT '*/ INSERT'") is None
+    assert _WRITE.match("/* INSERT */ SELECT 1") is None

@@ -174,7 +174,7 @@ def test_the_local_model_refuses_what_redshift_refuses(tmp_path):
         with pytest.raises(duckdb.InvalidInputException, match=message):
             wh.conn.execute(sql)
     merge = "\n".join(s.sql for s in wh._merge)
-    assert "redshift_varchar(" in merge.lower() and "redshift_json_text(" in merge.lower()
+    assert "redshift_varchar(" in merge.lower() and "json_serialize(" in merge.lower()
     wh.close()
 
 
@@ -189,4 +189,41 @@ def test_json_too_large_to_serialise_is_rejected_not_fatal(tmp_path):
     wh.merge()
     assert wh.query("SELECT reason, raw_format, raw_record, record_bytes FROM clickstream.rejected")[1] == [
         ("record_too_large", "none", None, 1000)]
+    wh.close()
+
+
+# (case, message fields, expected columns). The model reads each value through a type test on the
+# SUPER record (IS_VARCHAR, IS_OBJECT, JSON_TYPEOF): a value of the wrong type is NULL, an absent
+# one is NULL (not the text 'null'), and numeric identifiers are written as their JSON text.
+VALUE_TYPES = [
+    ("absent ids stay NULL", {"userId": "u"}, {"group_id": None, "previous_id": None, "anonymous_id": None,
+                                                "name": None, "category": None}),
+    ("numeric ids as text", {"userId": 123, "anonymousId": -7.5}, {"user_id": "123", "anonymous_id": "-7.5"}),
+    ("ids of other types are absent", {"userId": "u", "anonymousId": True, "groupId": {"a": 1}},
+     {"anonymous_id": None, "group_id": None}),
+    ("non-string fields", {"userId": "u", "name": 5, "category": ["a"], "timestamp": 17644608},
+     {"name": None, "category": None, "original_timestamp": None}),
+    ("strings with escapes", {"userId": "a\"b\\c\u00e9\n", "event": "Tab\there"},
+     {"user_id": "a\"b\\c\u00e9\n", "event_text": "Tab\there"}),
+    ("context values of the wrong type fall back to the batch's", {"userId": "u", "context": {
+        "locale": 5, "page": "not an object", "ip": None, "library": {"name": 3, "version": "1.0"}}},
+     {"context_locale": "en-US", "context_page_url": None, "context_ip": None, "context_library_name": None,
+      "context_library_version": "1.0"}),
+    ("direct must be the boolean true", {"userId": "u", "context": {"direct": "true", "ip": None}},
+     {"context_ip": None}),
+    ("direct true takes the request's ip", {"userId": "u", "context": {"direct": True}},
+     {"context_ip": "203.0.113.9"}),
+    ("properties and traits only as objects", {"userId": "u", "properties": [1, 2], "traits": "x"},
+     {"properties": None, "traits": None}),
+]
+
+
+@pytest.mark.parametrize("case,fields,expected", VALUE_TYPES, ids=[c[0] for c in VALUE_TYPES])
+def test_each_value_is_read_by_its_json_type(tmp_path, case, fields, expected):
+    wh = Warehouse(tmp_path / "warehouse.duckdb")
+    message = {"type": "track", "event": "Typed", "messageId": "typed", **fields}
+    load(wh, tmp_path, [envelope(message)])
+    columns = ", ".join(expected)
+    rows = wh.query(f"SELECT {columns} FROM clickstream.events WHERE message_id = 'typed'")[1]
+    assert rows == [tuple(expected.values())], wh.query("SELECT reason FROM clickstream.rejected")[1]
     wh.close()

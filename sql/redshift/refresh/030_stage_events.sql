@@ -1,7 +1,8 @@
 -- clickstream: transaction
 -- The Segment semantics of the model, in one place: what each new streaming-view row becomes.
 --   * batch-level context is merged under the message's own: per top-level context key, the
---     message's value wins when the message has that key (Segment's shallow merge);
+--     message's value wins when it has one (Segment's shallow merge; a null or a value of the wrong
+--     type counts as absent);
 --   * receivedAt from the gateway, originalTimestamp = the client's timestamp,
 --     timestamp = receivedAt - (sentAt - originalTimestamp) (device clock-skew correction);
 --   * messageId, when the client sent none, is derived from the request id and position, so
@@ -10,11 +11,19 @@
 --   * values longer than their column are truncated byte-safely (f_clickstream_truncate), as
 --     Segment truncates; a message id is never truncated (it is the deduplication key);
 --   * reason is non-null when the row cannot be an event: it then goes to `rejected`.
+-- One parse per record: the streaming view parsed it into SUPER (JSON_PARSE), and this statement
+-- only navigates it with PartiQL paths, as AWS recommends over JSON_EXTRACT_PATH_TEXT, which parses
+-- its input again on every call (https://docs.aws.amazon.com/redshift/latest/dg/query-super.html,
+-- https://docs.aws.amazon.com/redshift/latest/dg/JSON_EXTRACT_PATH_TEXT.html). Attribute names are
+-- quoted: with enable_case_sensitive_identifier on (015_session.sql) a quoted name keeps its case,
+-- so "userId" finds userId (https://docs.aws.amazon.com/redshift/latest/dg/super-configurations.html).
+-- Types are checked before use (IS_VARCHAR, IS_OBJECT, JSON_TYPEOF), so a value of the wrong type is
+-- NULL by the SQL, not by the engine's lax casting rules
+-- (https://docs.aws.amazon.com/redshift/latest/dg/r_is_varchar.html, r_json_typeof.html).
 -- No input can make it fail: records over 64,000 bytes are never parsed (the streaming view keeps
--- their bytes), JSON functions only see text under 64 KB, and times are computed in BIGINT
--- milliseconds, never through a 32-bit DATEADD interval.
--- Each layer extracts every JSON value exactly once (JSON text is parsed per extraction), and only
--- JSON objects are navigated further, so a string like "{oops" cannot break the merge.
+-- their bytes), only records JSON_SERIALIZE can write whole are navigated (so every part of them
+-- can be written too), and times are computed in BIGINT milliseconds, never through a 32-bit
+-- DATEADD interval.
 CREATE TEMP TABLE staging AS
 WITH r AS (
     SELECT
@@ -27,159 +36,132 @@ WITH r AS (
         JSON_SIZE(v.payload) AS payload_bytes,
         CASE WHEN JSON_SIZE(v.payload) <= 65535 THEN JSON_SERIALIZE(v.payload) END AS raw_json,
         -- bytes that are not JSON: the first 32,000 bytes as hex (at most 64,000 characters)
-        CASE WHEN v.payload IS NULL THEN FROM_VARBYTE(SUBSTRING(v.raw_data, 1, 32000), 'hex') END AS raw_hex
+        CASE WHEN v.payload IS NULL THEN FROM_VARBYTE(SUBSTRING(v.raw_data, 1, 32000), 'hex') END AS raw_hex,
+        CASE WHEN IS_OBJECT(v.payload) AND JSON_SIZE(v.payload) <= 65535 THEN v.payload END AS d
     FROM new_records AS v
 ),
-e AS (
-    SELECT r.*, CASE WHEN r.raw_json LIKE '{%' THEN r.raw_json END AS d FROM r
-),
-env AS (
+-- The envelope and the message, navigated from the parsed record.
+f AS (
     SELECT
-        e.*,
-        NULLIF(JSON_EXTRACT_PATH_TEXT(e.d, 'v'), '') AS envelope_version,
-        NULLIF(JSON_EXTRACT_PATH_TEXT(e.d, 'source'), '') AS source,
-        TRY_CAST(NULLIF(JSON_EXTRACT_PATH_TEXT(e.d, 'receivedAt'), '') AS BIGINT) AS received_ms,
-        NULLIF(JSON_EXTRACT_PATH_TEXT(e.d, 'requestId'), '') AS request_id,
-        NULLIF(JSON_EXTRACT_PATH_TEXT(e.d, 'index'), '') AS request_index,
-        NULLIF(JSON_EXTRACT_PATH_TEXT(e.d, 'ip'), '') AS request_ip,
-        NULLIF(JSON_EXTRACT_PATH_TEXT(e.d, 'userAgent'), '') AS request_user_agent,
-        NULLIF(JSON_EXTRACT_PATH_TEXT(e.d, 'route'), '') AS route,
-        NULLIF(JSON_EXTRACT_PATH_TEXT(e.d, 'routeType'), '') AS route_type,
-        JSON_EXTRACT_PATH_TEXT(e.d, 'message') AS message_text,
-        JSON_EXTRACT_PATH_TEXT(e.d, 'batch') AS batch_text
-    FROM e
+        r.*,
+        CASE WHEN JSON_TYPEOF(r.d."v") = 'number' THEN JSON_SERIALIZE(r.d."v") END AS envelope_version,
+        CASE WHEN IS_VARCHAR(r.d."source") THEN NULLIF(r.d."source"::VARCHAR, '') END AS source,
+        TRY_CAST(CASE WHEN JSON_TYPEOF(r.d."receivedAt") = 'number' THEN JSON_SERIALIZE(r.d."receivedAt") END
+            AS BIGINT) AS received_ms,
+        CASE WHEN IS_VARCHAR(r.d."requestId") THEN NULLIF(r.d."requestId"::VARCHAR, '') END AS request_id,
+        CASE WHEN JSON_TYPEOF(r.d."index") = 'number' THEN JSON_SERIALIZE(r.d."index") END AS request_index,
+        CASE WHEN IS_VARCHAR(r.d."ip") THEN NULLIF(r.d."ip"::VARCHAR, '') END AS request_ip,
+        CASE WHEN IS_VARCHAR(r.d."userAgent") THEN NULLIF(r.d."userAgent"::VARCHAR, '') END AS request_user_agent,
+        CASE WHEN IS_VARCHAR(r.d."route") THEN NULLIF(r.d."route"::VARCHAR, '') END AS route,
+        CASE WHEN IS_VARCHAR(r.d."routeType") THEN NULLIF(r.d."routeType"::VARCHAR, '') END AS route_type,
+        IS_OBJECT(r.d."message") AS has_message,
+        CASE WHEN IS_VARCHAR(r.d."message"."type") THEN NULLIF(r.d."message"."type"::VARCHAR, '') END
+            AS message_type,
+        -- identifiers: a number is written as its JSON text, as JSON_EXTRACT_PATH_TEXT would
+        CASE WHEN IS_VARCHAR(r.d."message"."messageId") THEN NULLIF(r.d."message"."messageId"::VARCHAR, '')
+            WHEN JSON_TYPEOF(r.d."message"."messageId") = 'number' THEN JSON_SERIALIZE(r.d."message"."messageId")
+        END AS client_message_id,
+        CASE WHEN IS_VARCHAR(r.d."message"."anonymousId") THEN NULLIF(r.d."message"."anonymousId"::VARCHAR, '')
+            WHEN JSON_TYPEOF(r.d."message"."anonymousId") = 'number'
+                THEN JSON_SERIALIZE(r.d."message"."anonymousId")
+        END AS anonymous_id,
+        CASE WHEN IS_VARCHAR(r.d."message"."userId") THEN NULLIF(r.d."message"."userId"::VARCHAR, '')
+            WHEN JSON_TYPEOF(r.d."message"."userId") = 'number' THEN JSON_SERIALIZE(r.d."message"."userId")
+        END AS user_id,
+        CASE WHEN IS_VARCHAR(r.d."message"."groupId") THEN NULLIF(r.d."message"."groupId"::VARCHAR, '')
+            WHEN JSON_TYPEOF(r.d."message"."groupId") = 'number' THEN JSON_SERIALIZE(r.d."message"."groupId")
+        END AS group_id,
+        CASE WHEN IS_VARCHAR(r.d."message"."previousId") THEN NULLIF(r.d."message"."previousId"::VARCHAR, '')
+            WHEN JSON_TYPEOF(r.d."message"."previousId") = 'number' THEN JSON_SERIALIZE(r.d."message"."previousId")
+        END AS previous_id,
+        CASE WHEN IS_VARCHAR(r.d."message"."event") THEN NULLIF(r.d."message"."event"::VARCHAR, '') END
+            AS event_text,
+        CASE WHEN IS_VARCHAR(r.d."message"."name") THEN NULLIF(r.d."message"."name"::VARCHAR, '') END AS name,
+        CASE WHEN IS_VARCHAR(r.d."message"."category") THEN NULLIF(r.d."message"."category"::VARCHAR, '') END
+            AS category,
+        CASE WHEN IS_VARCHAR(r.d."message"."sentAt") THEN r.d."message"."sentAt"::VARCHAR END AS message_sent_at,
+        CASE WHEN IS_VARCHAR(r.d."message"."timestamp") THEN r.d."message"."timestamp"::VARCHAR END
+            AS timestamp_text,
+        CASE WHEN IS_VARCHAR(r.d."batch"."sentAt") THEN r.d."batch"."sentAt"::VARCHAR END AS batch_sent_at,
+        CASE WHEN IS_OBJECT(r.d."message"."properties") THEN r.d."message"."properties" END AS properties,
+        CASE WHEN IS_OBJECT(r.d."message"."traits") THEN r.d."message"."traits" END AS message_traits,
+        CASE WHEN IS_OBJECT(r.d."message"."context") THEN r.d."message"."context" END AS mc,
+        CASE WHEN IS_OBJECT(r.d."batch"."context") THEN r.d."batch"."context" END AS bc
+    FROM r
 ),
-env_obj AS (
-    SELECT
-        env.*,
-        CASE WHEN env.message_text LIKE '{%' AND CAN_JSON_PARSE(env.message_text) THEN env.message_text END AS m,
-        CASE WHEN env.batch_text LIKE '{%' AND CAN_JSON_PARSE(env.batch_text) THEN env.batch_text END AS b
-    FROM env
-),
-msg AS (
-    SELECT
-        o.*,
-        NULLIF(JSON_EXTRACT_PATH_TEXT(o.m, 'type'), '') AS message_type,
-        NULLIF(JSON_EXTRACT_PATH_TEXT(o.m, 'messageId'), '') AS client_message_id,
-        NULLIF(JSON_EXTRACT_PATH_TEXT(o.m, 'anonymousId'), '') AS anonymous_id,
-        NULLIF(JSON_EXTRACT_PATH_TEXT(o.m, 'userId'), '') AS user_id,
-        NULLIF(JSON_EXTRACT_PATH_TEXT(o.m, 'event'), '') AS event_text,
-        NULLIF(JSON_EXTRACT_PATH_TEXT(o.m, 'name'), '') AS name,
-        NULLIF(JSON_EXTRACT_PATH_TEXT(o.m, 'category'), '') AS category,
-        NULLIF(JSON_EXTRACT_PATH_TEXT(o.m, 'groupId'), '') AS group_id,
-        NULLIF(JSON_EXTRACT_PATH_TEXT(o.m, 'previousId'), '') AS previous_id,
-        JSON_EXTRACT_PATH_TEXT(o.m, 'properties') AS properties_text,
-        JSON_EXTRACT_PATH_TEXT(o.m, 'traits') AS traits_text,
-        NULLIF(JSON_EXTRACT_PATH_TEXT(o.m, 'sentAt'), '') AS message_sent_at,
-        NULLIF(JSON_EXTRACT_PATH_TEXT(o.m, 'timestamp'), '') AS timestamp_text,
-        JSON_EXTRACT_PATH_TEXT(o.m, 'context') AS context_text,
-        JSON_EXTRACT_PATH_TEXT(o.b, 'context') AS batch_context_text,
-        NULLIF(JSON_EXTRACT_PATH_TEXT(o.b, 'sentAt'), '') AS batch_sent_at
-    FROM env_obj AS o
-),
-msg_obj AS (
-    SELECT
-        msg.*,
-        CASE WHEN msg.context_text LIKE '{%' AND CAN_JSON_PARSE(msg.context_text) THEN msg.context_text END AS mc,
-        CASE WHEN msg.batch_context_text LIKE '{%' AND CAN_JSON_PARSE(msg.batch_context_text)
-            THEN msg.batch_context_text END AS bc
-    FROM msg
-),
-ctx_parts AS (
-    SELECT
-        x.*,
-        JSON_EXTRACT_PATH_TEXT(x.mc, 'ip') AS m_ip, JSON_EXTRACT_PATH_TEXT(x.bc, 'ip') AS b_ip,
-        JSON_EXTRACT_PATH_TEXT(x.mc, 'direct') AS m_direct, JSON_EXTRACT_PATH_TEXT(x.bc, 'direct') AS b_direct,
-        JSON_EXTRACT_PATH_TEXT(x.mc, 'userAgent') AS m_user_agent,
-        JSON_EXTRACT_PATH_TEXT(x.bc, 'userAgent') AS b_user_agent,
-        JSON_EXTRACT_PATH_TEXT(x.mc, 'locale') AS m_locale, JSON_EXTRACT_PATH_TEXT(x.bc, 'locale') AS b_locale,
-        JSON_EXTRACT_PATH_TEXT(x.mc, 'timezone') AS m_timezone,
-        JSON_EXTRACT_PATH_TEXT(x.bc, 'timezone') AS b_timezone,
-        JSON_EXTRACT_PATH_TEXT(x.mc, 'page') AS m_page, JSON_EXTRACT_PATH_TEXT(x.bc, 'page') AS b_page,
-        JSON_EXTRACT_PATH_TEXT(x.mc, 'library') AS m_library, JSON_EXTRACT_PATH_TEXT(x.bc, 'library') AS b_library,
-        JSON_EXTRACT_PATH_TEXT(x.mc, 'campaign') AS m_campaign,
-        JSON_EXTRACT_PATH_TEXT(x.bc, 'campaign') AS b_campaign,
-        JSON_EXTRACT_PATH_TEXT(x.mc, 'traits') AS m_traits, JSON_EXTRACT_PATH_TEXT(x.bc, 'traits') AS b_traits
-    FROM msg_obj AS x
-),
+-- Shallow merge of the two contexts, key by key.
 ctx AS (
-    -- Shallow merge: a top-level context key present in the message hides the batch's.
     SELECT
         c.*,
         COALESCE(c.message_type, c.route_type) AS type,
         COALESCE(c.client_message_id, c.request_id || '-' || c.request_index) AS message_id,
         COALESCE(c.message_sent_at, c.batch_sent_at) AS sent_at_text,
-        CASE WHEN c.m_ip IS NOT NULL THEN c.m_ip ELSE c.b_ip END AS ctx_ip,
-        CASE WHEN c.m_direct IS NOT NULL THEN c.m_direct ELSE c.b_direct END AS ctx_direct,
-        CASE WHEN c.m_user_agent IS NOT NULL THEN c.m_user_agent ELSE c.b_user_agent END AS ctx_user_agent,
-        CASE WHEN c.m_locale IS NOT NULL THEN c.m_locale ELSE c.b_locale END AS ctx_locale,
-        CASE WHEN c.m_timezone IS NOT NULL THEN c.m_timezone ELSE c.b_timezone END AS ctx_timezone,
-        CASE WHEN c.m_page IS NOT NULL THEN c.m_page ELSE c.b_page END AS ctx_page,
-        CASE WHEN c.m_library IS NOT NULL THEN c.m_library ELSE c.b_library END AS ctx_library,
-        CASE WHEN c.m_campaign IS NOT NULL THEN c.m_campaign ELSE c.b_campaign END AS ctx_campaign,
-        CASE WHEN c.m_traits IS NOT NULL THEN c.m_traits ELSE c.b_traits END AS ctx_traits
-    FROM ctx_parts AS c
-),
-ctx_obj AS (
-    SELECT
-        ctx.*,
-        CASE WHEN ctx.ctx_page LIKE '{%' AND CAN_JSON_PARSE(ctx.ctx_page) THEN ctx.ctx_page END AS page,
-        CASE WHEN ctx.ctx_library LIKE '{%' AND CAN_JSON_PARSE(ctx.ctx_library) THEN ctx.ctx_library END AS library,
-        CASE WHEN ctx.ctx_campaign LIKE '{%' AND CAN_JSON_PARSE(ctx.ctx_campaign)
-            THEN ctx.ctx_campaign END AS campaign,
-        CASE WHEN ctx.properties_text LIKE '{%' AND CAN_JSON_PARSE(ctx.properties_text)
-            THEN ctx.properties_text END AS properties,
-        CASE
-            WHEN ctx.traits_text LIKE '{%' AND CAN_JSON_PARSE(ctx.traits_text) THEN ctx.traits_text
-            WHEN ctx.ctx_traits LIKE '{%' AND CAN_JSON_PARSE(ctx.ctx_traits) THEN ctx.ctx_traits
-        END AS traits,
-        -- BIGINT milliseconds times an interval: DATEADD takes a 32-bit interval. Year 1 to 9999 only.
-        CASE WHEN ctx.received_ms BETWEEN -62135596800000 AND 253402300799999
-            THEN CAST('1970-01-01 00:00:00' AS TIMESTAMP) + ctx.received_ms * INTERVAL '1 millisecond'
-        END AS received_at,
-        CASE WHEN ctx.timestamp_text ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}'
-            THEN TRY_CAST(ctx.timestamp_text AS TIMESTAMPTZ) END AS original_timestamp,
-        CASE WHEN ctx.sent_at_text ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}'
-            THEN TRY_CAST(ctx.sent_at_text AS TIMESTAMPTZ) END AS sent_at
-    FROM ctx
+        COALESCE(CASE WHEN IS_VARCHAR(c.mc."ip") THEN c.mc."ip"::VARCHAR END,
+                 CASE WHEN IS_VARCHAR(c.bc."ip") THEN c.bc."ip"::VARCHAR END) AS ctx_ip,
+        COALESCE(CASE WHEN IS_BOOLEAN(c.mc."direct") THEN JSON_SERIALIZE(c.mc."direct") END,
+                 CASE WHEN IS_BOOLEAN(c.bc."direct") THEN JSON_SERIALIZE(c.bc."direct") END) AS ctx_direct,
+        COALESCE(CASE WHEN IS_VARCHAR(c.mc."userAgent") THEN c.mc."userAgent"::VARCHAR END,
+                 CASE WHEN IS_VARCHAR(c.bc."userAgent") THEN c.bc."userAgent"::VARCHAR END) AS ctx_user_agent,
+        COALESCE(CASE WHEN IS_VARCHAR(c.mc."locale") THEN c.mc."locale"::VARCHAR END,
+                 CASE WHEN IS_VARCHAR(c.bc."locale") THEN c.bc."locale"::VARCHAR END) AS ctx_locale,
+        COALESCE(CASE WHEN IS_VARCHAR(c.mc."timezone") THEN c.mc."timezone"::VARCHAR END,
+                 CASE WHEN IS_VARCHAR(c.bc."timezone") THEN c.bc."timezone"::VARCHAR END) AS ctx_timezone,
+        CASE WHEN IS_OBJECT(c.mc."page") THEN c.mc."page" WHEN IS_OBJECT(c.bc."page") THEN c.bc."page" END AS page,
+        CASE WHEN IS_OBJECT(c.mc."library") THEN c.mc."library" WHEN IS_OBJECT(c.bc."library") THEN c.bc."library"
+        END AS library,
+        CASE WHEN IS_OBJECT(c.mc."campaign") THEN c.mc."campaign"
+            WHEN IS_OBJECT(c.bc."campaign") THEN c.bc."campaign" END AS campaign,
+        -- identify/group traits, else context.traits (what analytics.js sends on track calls)
+        CASE WHEN c.message_traits IS NOT NULL THEN c.message_traits
+            WHEN IS_OBJECT(c.mc."traits") THEN c.mc."traits" WHEN IS_OBJECT(c.bc."traits") THEN c.bc."traits"
+        END AS traits
+    FROM f AS c
 ),
 n AS (
     SELECT
         o.*,
-        JSON_EXTRACT_PATH_TEXT(o.page, 'url') AS page_url,
-        JSON_EXTRACT_PATH_TEXT(o.page, 'path') AS page_path,
-        JSON_EXTRACT_PATH_TEXT(o.page, 'title') AS page_title,
-        JSON_EXTRACT_PATH_TEXT(o.page, 'referrer') AS page_referrer,
-        JSON_EXTRACT_PATH_TEXT(o.page, 'search') AS page_search,
-        JSON_EXTRACT_PATH_TEXT(o.library, 'name') AS library_name,
-        JSON_EXTRACT_PATH_TEXT(o.library, 'version') AS library_version,
-        JSON_EXTRACT_PATH_TEXT(o.campaign, 'name') AS campaign_name,
-        JSON_EXTRACT_PATH_TEXT(o.campaign, 'source') AS campaign_source,
-        JSON_EXTRACT_PATH_TEXT(o.campaign, 'medium') AS campaign_medium,
-        JSON_EXTRACT_PATH_TEXT(o.campaign, 'term') AS campaign_term,
-        JSON_EXTRACT_PATH_TEXT(o.campaign, 'content') AS campaign_content,
+        CASE WHEN IS_VARCHAR(o.page."url") THEN o.page."url"::VARCHAR END AS page_url,
+        CASE WHEN IS_VARCHAR(o.page."path") THEN o.page."path"::VARCHAR END AS page_path,
+        CASE WHEN IS_VARCHAR(o.page."title") THEN o.page."title"::VARCHAR END AS page_title,
+        CASE WHEN IS_VARCHAR(o.page."referrer") THEN o.page."referrer"::VARCHAR END AS page_referrer,
+        CASE WHEN IS_VARCHAR(o.page."search") THEN o.page."search"::VARCHAR END AS page_search,
+        CASE WHEN IS_VARCHAR(o.library."name") THEN o.library."name"::VARCHAR END AS library_name,
+        CASE WHEN IS_VARCHAR(o.library."version") THEN o.library."version"::VARCHAR END AS library_version,
+        CASE WHEN IS_VARCHAR(o.campaign."name") THEN o.campaign."name"::VARCHAR END AS campaign_name,
+        CASE WHEN IS_VARCHAR(o.campaign."source") THEN o.campaign."source"::VARCHAR END AS campaign_source,
+        CASE WHEN IS_VARCHAR(o.campaign."medium") THEN o.campaign."medium"::VARCHAR END AS campaign_medium,
+        CASE WHEN IS_VARCHAR(o.campaign."term") THEN o.campaign."term"::VARCHAR END AS campaign_term,
+        CASE WHEN IS_VARCHAR(o.campaign."content") THEN o.campaign."content"::VARCHAR END AS campaign_content,
+        -- BIGINT milliseconds times an interval: DATEADD takes a 32-bit interval. Year 1 to 9999 only.
+        CASE WHEN o.received_ms BETWEEN -62135596800000 AND 253402300799999
+            THEN CAST('1970-01-01 00:00:00' AS TIMESTAMP) + o.received_ms * INTERVAL '1 millisecond'
+        END AS received_at,
+        CASE WHEN o.timestamp_text ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}'
+            THEN TRY_CAST(o.timestamp_text AS TIMESTAMPTZ) END AS original_timestamp,
+        CASE WHEN o.sent_at_text ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}'
+            THEN TRY_CAST(o.sent_at_text AS TIMESTAMPTZ) END AS sent_at,
         -- the event's slug, = segment_schema.snakecase (go-snakecase; docs/warehouse.md). Regexes:
         -- https://docs.aws.amazon.com/redshift/latest/dg/pattern-matching-conditions-posix.html
         LOWER(TRIM(BOTH '_' FROM REGEXP_REPLACE(
             SUBSTRING(REGEXP_REPLACE(o.event_text, '[^[:alnum:]]+', '_'), 1, 2048),
-            '([[:lower:]][[:digit:]]*)([[:upper:]])', '\\1_\\2'))) AS event_name,
-        -- Segment's client-side libraries: their events get the request's IP and user agent.
-        o.route IN ('t', 'i', 'p', 's', 'g', 'a', 'b') OR o.ctx_direct = 'true'
-            OR JSON_EXTRACT_PATH_TEXT(o.library, 'name') IN (
-                'analytics.js', 'analytics-next', 'analytics-ios', 'analytics-android', 'analytics-swift',
-                'analytics-kotlin', 'analytics-react-native', 'analytics-flutter') AS client_side
-    FROM ctx_obj AS o
+            '([[:lower:]][[:digit:]]*)([[:upper:]])', '\\1_\\2'))) AS event_name
+    FROM ctx AS o
 ),
 judged AS (
     SELECT
         j.*,
+        -- Segment's client-side libraries: their events get the request's IP and user agent.
+        j.route IN ('t', 'i', 'p', 's', 'g', 'a', 'b') OR j.ctx_direct = 'true'
+            OR j.library_name IN (
+                'analytics.js', 'analytics-next', 'analytics-ios', 'analytics-android', 'analytics-swift',
+                'analytics-kotlin', 'analytics-react-native', 'analytics-flutter') AS client_side,
         CASE
             WHEN j.record_bytes > 64000 OR j.payload_bytes > 65535 THEN 'record_too_large'
             WHEN j.raw_json IS NULL THEN 'invalid_json'
             WHEN j.d IS NULL THEN 'invalid_envelope'
             WHEN j.envelope_version IS NULL OR j.envelope_version <> '1' THEN 'unsupported_envelope_version'
             WHEN j.received_at IS NULL OR j.source IS NULL OR OCTET_LENGTH(j.source) > 64 THEN 'invalid_envelope'
-            WHEN j.m IS NULL THEN 'invalid_message'
+            WHEN NOT j.has_message THEN 'invalid_message'
             WHEN j.type IS NULL OR j.type NOT IN ('identify', 'track', 'page', 'screen', 'group', 'alias')
                 THEN 'invalid_type'
             WHEN j.user_id IS NULL AND j.anonymous_id IS NULL THEN 'missing_user_id_and_anonymous_id'
@@ -253,10 +235,11 @@ SELECT
     f_clickstream_truncate(n.campaign_medium, 1024) AS context_campaign_medium,
     f_clickstream_truncate(n.campaign_term, 1024) AS context_campaign_term,
     f_clickstream_truncate(n.campaign_content, 1024) AS context_campaign_content,
-    n.properties,
-    n.traits,
-    n.mc AS context,
-    n.bc AS batch_context,
+    -- JSON text of the objects (JSON_SERIALIZE of NULL would be the text 'null')
+    CASE WHEN n.properties IS NOT NULL THEN JSON_SERIALIZE(n.properties) END AS properties,
+    CASE WHEN n.traits IS NOT NULL THEN JSON_SERIALIZE(n.traits) END AS traits,
+    CASE WHEN n.mc IS NOT NULL THEN JSON_SERIALIZE(n.mc) END AS context,
+    CASE WHEN n.bc IS NOT NULL THEN JSON_SERIALIZE(n.bc) END AS batch_context,
     f_clickstream_truncate(n.request_id, 128) AS request_id,
     f_clickstream_truncate(n.request_ip, 64) AS request_ip
 FROM judged AS n;

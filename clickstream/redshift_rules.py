@@ -16,6 +16,8 @@ Sources (Amazon Redshift Database Developer Guide):
 - SUPER: a string value is at most 65,535 bytes, duplicate keys are invalid:
   https://docs.aws.amazon.com/redshift/latest/dg/limitations-super.html
 - DATEADD's interval is an INTEGER: https://docs.aws.amazon.com/redshift/latest/dg/r_DATEADD_function.html
+- VARCHAR without a length is VARCHAR(256) in a table; in an expression its width comes from the
+  input (r_Character_types), which a SUPER value does not give: casts in CREATE TABLE AS say a length
 - parse JSON once (JSON_PARSE into SUPER) and navigate it with PartiQL paths:
   https://docs.aws.amazon.com/redshift/latest/dg/query-super.html; an attribute name keeps its case
   only double-quoted with enable_case_sensitive_identifier on, else it is folded to lower case and
@@ -222,6 +224,11 @@ def lint(name: str, sql: str) -> list[Violation]:
             if not attribute.quoted:
                 out.append(Violation(name, f"PartiQL attribute {attribute.name} in {'.'.join(p.sql() for p in path)} "
                                            "must be double-quoted, or its case is folded"))
+    if isinstance(tree, exp.Create) and tree.expression is not None:  # CREATE TABLE ... AS
+        for cast in tree.find_all(exp.Cast):
+            if cast.to.this in (exp.DataType.Type.VARCHAR, exp.DataType.Type.TEXT) and not cast.to.expressions:
+                out.append(Violation(name, f"{cast.sql(dialect='redshift')[:60]}: give VARCHAR a length in "
+                                           "CREATE TABLE AS; a column of unknown width is VARCHAR(256)"))
     if name.startswith("refresh/"):
         for func in tree.find_all(exp.Anonymous, exp.JSONExtractScalar, exp.ParseJSON):
             called = func.name.upper() if isinstance(func, exp.Anonymous) else func.key.upper()

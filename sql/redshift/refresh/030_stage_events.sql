@@ -45,44 +45,44 @@ f AS (
     SELECT
         r.*,
         CASE WHEN JSON_TYPEOF(r.d."v") = 'number' THEN JSON_SERIALIZE(r.d."v") END AS envelope_version,
-        CASE WHEN IS_VARCHAR(r.d."source") THEN NULLIF(r.d."source"::VARCHAR, '') END AS source,
+        CASE WHEN IS_VARCHAR(r.d."source") THEN NULLIF(r.d."source"::VARCHAR(65535), '') END AS source,
         TRY_CAST(CASE WHEN JSON_TYPEOF(r.d."receivedAt") = 'number' THEN JSON_SERIALIZE(r.d."receivedAt") END
             AS BIGINT) AS received_ms,
-        CASE WHEN IS_VARCHAR(r.d."requestId") THEN NULLIF(r.d."requestId"::VARCHAR, '') END AS request_id,
+        CASE WHEN IS_VARCHAR(r.d."requestId") THEN NULLIF(r.d."requestId"::VARCHAR(65535), '') END AS request_id,
         CASE WHEN JSON_TYPEOF(r.d."index") = 'number' THEN JSON_SERIALIZE(r.d."index") END AS request_index,
-        CASE WHEN IS_VARCHAR(r.d."ip") THEN NULLIF(r.d."ip"::VARCHAR, '') END AS request_ip,
-        CASE WHEN IS_VARCHAR(r.d."userAgent") THEN NULLIF(r.d."userAgent"::VARCHAR, '') END AS request_user_agent,
-        CASE WHEN IS_VARCHAR(r.d."route") THEN NULLIF(r.d."route"::VARCHAR, '') END AS route,
-        CASE WHEN IS_VARCHAR(r.d."routeType") THEN NULLIF(r.d."routeType"::VARCHAR, '') END AS route_type,
+        CASE WHEN IS_VARCHAR(r.d."ip") THEN NULLIF(r.d."ip"::VARCHAR(65535), '') END AS request_ip,
+        CASE WHEN IS_VARCHAR(r.d."userAgent") THEN NULLIF(r.d."userAgent"::VARCHAR(65535), '') END AS request_user_agent,
+        CASE WHEN IS_VARCHAR(r.d."route") THEN NULLIF(r.d."route"::VARCHAR(65535), '') END AS route,
+        CASE WHEN IS_VARCHAR(r.d."routeType") THEN NULLIF(r.d."routeType"::VARCHAR(65535), '') END AS route_type,
         IS_OBJECT(r.d."message") AS has_message,
-        CASE WHEN IS_VARCHAR(r.d."message"."type") THEN NULLIF(r.d."message"."type"::VARCHAR, '') END
+        CASE WHEN IS_VARCHAR(r.d."message"."type") THEN NULLIF(r.d."message"."type"::VARCHAR(65535), '') END
             AS message_type,
         -- identifiers: a number is written as its JSON text, as JSON_EXTRACT_PATH_TEXT would
-        CASE WHEN IS_VARCHAR(r.d."message"."messageId") THEN NULLIF(r.d."message"."messageId"::VARCHAR, '')
+        CASE WHEN IS_VARCHAR(r.d."message"."messageId") THEN NULLIF(r.d."message"."messageId"::VARCHAR(65535), '')
             WHEN JSON_TYPEOF(r.d."message"."messageId") = 'number' THEN JSON_SERIALIZE(r.d."message"."messageId")
         END AS client_message_id,
-        CASE WHEN IS_VARCHAR(r.d."message"."anonymousId") THEN NULLIF(r.d."message"."anonymousId"::VARCHAR, '')
+        CASE WHEN IS_VARCHAR(r.d."message"."anonymousId") THEN NULLIF(r.d."message"."anonymousId"::VARCHAR(65535), '')
             WHEN JSON_TYPEOF(r.d."message"."anonymousId") = 'number'
                 THEN JSON_SERIALIZE(r.d."message"."anonymousId")
         END AS anonymous_id,
-        CASE WHEN IS_VARCHAR(r.d."message"."userId") THEN NULLIF(r.d."message"."userId"::VARCHAR, '')
+        CASE WHEN IS_VARCHAR(r.d."message"."userId") THEN NULLIF(r.d."message"."userId"::VARCHAR(65535), '')
             WHEN JSON_TYPEOF(r.d."message"."userId") = 'number' THEN JSON_SERIALIZE(r.d."message"."userId")
         END AS user_id,
-        CASE WHEN IS_VARCHAR(r.d."message"."groupId") THEN NULLIF(r.d."message"."groupId"::VARCHAR, '')
+        CASE WHEN IS_VARCHAR(r.d."message"."groupId") THEN NULLIF(r.d."message"."groupId"::VARCHAR(65535), '')
             WHEN JSON_TYPEOF(r.d."message"."groupId") = 'number' THEN JSON_SERIALIZE(r.d."message"."groupId")
         END AS group_id,
-        CASE WHEN IS_VARCHAR(r.d."message"."previousId") THEN NULLIF(r.d."message"."previousId"::VARCHAR, '')
+        CASE WHEN IS_VARCHAR(r.d."message"."previousId") THEN NULLIF(r.d."message"."previousId"::VARCHAR(65535), '')
             WHEN JSON_TYPEOF(r.d."message"."previousId") = 'number' THEN JSON_SERIALIZE(r.d."message"."previousId")
         END AS previous_id,
-        CASE WHEN IS_VARCHAR(r.d."message"."event") THEN NULLIF(r.d."message"."event"::VARCHAR, '') END
+        CASE WHEN IS_VARCHAR(r.d."message"."event") THEN NULLIF(r.d."message"."event"::VARCHAR(65535), '') END
             AS event_text,
-        CASE WHEN IS_VARCHAR(r.d."message"."name") THEN NULLIF(r.d."message"."name"::VARCHAR, '') END AS name,
-        CASE WHEN IS_VARCHAR(r.d."message"."category") THEN NULLIF(r.d."message"."category"::VARCHAR, '') END
+        CASE WHEN IS_VARCHAR(r.d."message"."name") THEN NULLIF(r.d."message"."name"::VARCHAR(65535), '') END AS name,
+        CASE WHEN IS_VARCHAR(r.d."message"."category") THEN NULLIF(r.d."message"."category"::VARCHAR(65535), '') END
             AS category,
-        CASE WHEN IS_VARCHAR(r.d."message"."sentAt") THEN r.d."message"."sentAt"::VARCHAR END AS message_sent_at,
-        CASE WHEN IS_VARCHAR(r.d."message"."timestamp") THEN r.d."message"."timestamp"::VARCHAR END
+        CASE WHEN IS_VARCHAR(r.d."message"."sentAt") THEN r.d."message"."sentAt"::VARCHAR(65535) END AS message_sent_at,
+        CASE WHEN IS_VARCHAR(r.d."message"."timestamp") THEN r.d."message"."timestamp"::VARCHAR(65535) END
             AS timestamp_text,
-        CASE WHEN IS_VARCHAR(r.d."batch"."sentAt") THEN r.d."batch"."sentAt"::VARCHAR END AS batch_sent_at,
+        CASE WHEN IS_VARCHAR(r.d."batch"."sentAt") THEN r.d."batch"."sentAt"::VARCHAR(65535) END AS batch_sent_at,
         CASE WHEN IS_OBJECT(r.d."message"."properties") THEN r.d."message"."properties" END AS properties,
         CASE WHEN IS_OBJECT(r.d."message"."traits") THEN r.d."message"."traits" END AS message_traits,
         CASE WHEN IS_OBJECT(r.d."message"."context") THEN r.d."message"."context" END AS mc,
@@ -96,16 +96,16 @@ ctx AS (
         COALESCE(c.message_type, c.route_type) AS type,
         COALESCE(c.client_message_id, c.request_id || '-' || c.request_index) AS message_id,
         COALESCE(c.message_sent_at, c.batch_sent_at) AS sent_at_text,
-        COALESCE(CASE WHEN IS_VARCHAR(c.mc."ip") THEN c.mc."ip"::VARCHAR END,
-                 CASE WHEN IS_VARCHAR(c.bc."ip") THEN c.bc."ip"::VARCHAR END) AS ctx_ip,
+        COALESCE(CASE WHEN IS_VARCHAR(c.mc."ip") THEN c.mc."ip"::VARCHAR(65535) END,
+                 CASE WHEN IS_VARCHAR(c.bc."ip") THEN c.bc."ip"::VARCHAR(65535) END) AS ctx_ip,
         COALESCE(CASE WHEN IS_BOOLEAN(c.mc."direct") THEN JSON_SERIALIZE(c.mc."direct") END,
                  CASE WHEN IS_BOOLEAN(c.bc."direct") THEN JSON_SERIALIZE(c.bc."direct") END) AS ctx_direct,
-        COALESCE(CASE WHEN IS_VARCHAR(c.mc."userAgent") THEN c.mc."userAgent"::VARCHAR END,
-                 CASE WHEN IS_VARCHAR(c.bc."userAgent") THEN c.bc."userAgent"::VARCHAR END) AS ctx_user_agent,
-        COALESCE(CASE WHEN IS_VARCHAR(c.mc."locale") THEN c.mc."locale"::VARCHAR END,
-                 CASE WHEN IS_VARCHAR(c.bc."locale") THEN c.bc."locale"::VARCHAR END) AS ctx_locale,
-        COALESCE(CASE WHEN IS_VARCHAR(c.mc."timezone") THEN c.mc."timezone"::VARCHAR END,
-                 CASE WHEN IS_VARCHAR(c.bc."timezone") THEN c.bc."timezone"::VARCHAR END) AS ctx_timezone,
+        COALESCE(CASE WHEN IS_VARCHAR(c.mc."userAgent") THEN c.mc."userAgent"::VARCHAR(65535) END,
+                 CASE WHEN IS_VARCHAR(c.bc."userAgent") THEN c.bc."userAgent"::VARCHAR(65535) END) AS ctx_user_agent,
+        COALESCE(CASE WHEN IS_VARCHAR(c.mc."locale") THEN c.mc."locale"::VARCHAR(65535) END,
+                 CASE WHEN IS_VARCHAR(c.bc."locale") THEN c.bc."locale"::VARCHAR(65535) END) AS ctx_locale,
+        COALESCE(CASE WHEN IS_VARCHAR(c.mc."timezone") THEN c.mc."timezone"::VARCHAR(65535) END,
+                 CASE WHEN IS_VARCHAR(c.bc."timezone") THEN c.bc."timezone"::VARCHAR(65535) END) AS ctx_timezone,
         CASE WHEN IS_OBJECT(c.mc."page") THEN c.mc."page" WHEN IS_OBJECT(c.bc."page") THEN c.bc."page" END AS page,
         CASE WHEN IS_OBJECT(c.mc."library") THEN c.mc."library" WHEN IS_OBJECT(c.bc."library") THEN c.bc."library"
         END AS library,
@@ -120,18 +120,18 @@ ctx AS (
 n AS (
     SELECT
         o.*,
-        CASE WHEN IS_VARCHAR(o.page."url") THEN o.page."url"::VARCHAR END AS page_url,
-        CASE WHEN IS_VARCHAR(o.page."path") THEN o.page."path"::VARCHAR END AS page_path,
-        CASE WHEN IS_VARCHAR(o.page."title") THEN o.page."title"::VARCHAR END AS page_title,
-        CASE WHEN IS_VARCHAR(o.page."referrer") THEN o.page."referrer"::VARCHAR END AS page_referrer,
-        CASE WHEN IS_VARCHAR(o.page."search") THEN o.page."search"::VARCHAR END AS page_search,
-        CASE WHEN IS_VARCHAR(o.library."name") THEN o.library."name"::VARCHAR END AS library_name,
-        CASE WHEN IS_VARCHAR(o.library."version") THEN o.library."version"::VARCHAR END AS library_version,
-        CASE WHEN IS_VARCHAR(o.campaign."name") THEN o.campaign."name"::VARCHAR END AS campaign_name,
-        CASE WHEN IS_VARCHAR(o.campaign."source") THEN o.campaign."source"::VARCHAR END AS campaign_source,
-        CASE WHEN IS_VARCHAR(o.campaign."medium") THEN o.campaign."medium"::VARCHAR END AS campaign_medium,
-        CASE WHEN IS_VARCHAR(o.campaign."term") THEN o.campaign."term"::VARCHAR END AS campaign_term,
-        CASE WHEN IS_VARCHAR(o.campaign."content") THEN o.campaign."content"::VARCHAR END AS campaign_content,
+        CASE WHEN IS_VARCHAR(o.page."url") THEN o.page."url"::VARCHAR(65535) END AS page_url,
+        CASE WHEN IS_VARCHAR(o.page."path") THEN o.page."path"::VARCHAR(65535) END AS page_path,
+        CASE WHEN IS_VARCHAR(o.page."title") THEN o.page."title"::VARCHAR(65535) END AS page_title,
+        CASE WHEN IS_VARCHAR(o.page."referrer") THEN o.page."referrer"::VARCHAR(65535) END AS page_referrer,
+        CASE WHEN IS_VARCHAR(o.page."search") THEN o.page."search"::VARCHAR(65535) END AS page_search,
+        CASE WHEN IS_VARCHAR(o.library."name") THEN o.library."name"::VARCHAR(65535) END AS library_name,
+        CASE WHEN IS_VARCHAR(o.library."version") THEN o.library."version"::VARCHAR(65535) END AS library_version,
+        CASE WHEN IS_VARCHAR(o.campaign."name") THEN o.campaign."name"::VARCHAR(65535) END AS campaign_name,
+        CASE WHEN IS_VARCHAR(o.campaign."source") THEN o.campaign."source"::VARCHAR(65535) END AS campaign_source,
+        CASE WHEN IS_VARCHAR(o.campaign."medium") THEN o.campaign."medium"::VARCHAR(65535) END AS campaign_medium,
+        CASE WHEN IS_VARCHAR(o.campaign."term") THEN o.campaign."term"::VARCHAR(65535) END AS campaign_term,
+        CASE WHEN IS_VARCHAR(o.campaign."content") THEN o.campaign."content"::VARCHAR(65535) END AS campaign_content,
         -- BIGINT milliseconds times an interval: DATEADD takes a 32-bit interval. Year 1 to 9999 only.
         CASE WHEN o.received_ms BETWEEN -62135596800000 AND 253402300799999
             THEN CAST('1970-01-01 00:00:00' AS TIMESTAMP) + o.received_ms * INTERVAL '1 millisecond'
@@ -189,7 +189,7 @@ SELECT
     END AS raw_format,
     CASE WHEN n.reason IS NOT NULL THEN COALESCE(n.raw_json, n.raw_hex) END AS raw_record,
     -- the key `rejected` deduplicates on: the record, or for a truncated one its start and size
-    CASE WHEN n.reason IS NOT NULL THEN MD5(COALESCE(n.raw_json, n.raw_hex || ':' || CAST(n.record_bytes AS VARCHAR),
+    CASE WHEN n.reason IS NOT NULL THEN MD5(COALESCE(n.raw_json, n.raw_hex || ':' || CAST(n.record_bytes AS VARCHAR(20)),
                                                   n.shard_id || ':' || n.sequence_number))
     END AS raw_hash,
     n.message_id,

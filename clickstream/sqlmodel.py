@@ -67,6 +67,12 @@ class ModelNames:
                   if not _IDENTIFIER.match(v)]
         if not re.match(r"^[A-Za-z0-9_.-]{1,128}$", self.stream_name):
             errors.append(f"stream_name {self.stream_name!r} is not a Kinesis stream name")
+        elif self.stream_name != self.stream_name.lower():
+            # The streaming view names the stream as a quoted identifier, which Redshift folds to
+            # lower case (setup does not turn enable_case_sensitive_identifier on):
+            # https://docs.aws.amazon.com/redshift/latest/dg/materialized-view-streaming-ingestion-getting-started.html
+            errors.append(f"stream_name {self.stream_name!r} must be lower case: Redshift streaming ingestion "
+                          "reads the stream by a name it folds to lower case")
         if "'" in self.iam_role:
             errors.append("iam_role must not contain quotes")
         if not (isinstance(self.dedup_window_days, int) and 1 <= self.dedup_window_days <= 365):

@@ -98,17 +98,22 @@ def test_refresh_sends_refresh_alone_then_the_merge_as_one_transaction():
     statements = redshift_statements("refresh", NAMES)
     assert [(s.name, s.transaction) for s in statements] == [
         ("refresh/010_refresh_view.sql#1", False), ("refresh/015_session.sql#1", True),
-        ("refresh/020_stage_new_records.sql#1", True), ("refresh/030_stage_events.sql#1", True),
+        ("refresh/015_session.sql#2", True), ("refresh/020_stage_new_records.sql#1", True),
+        ("refresh/030_stage_events.sql#1", True),
         ("refresh/040_stage_recent_keys.sql#1", True), ("refresh/050_merge_rejected.sql#1", True),
         ("refresh/060_merge_events.sql#1", True), ("refresh/070_advance_watermark.sql#1", True)]
     merge = "\n".join(s.sql for s in statements[1:])
     # TEMP staging (lives as long as the transaction's session), literal bounds through procedures
     assert "CREATE TEMP TABLE staging" in merge and "CALL analytics.stage_new_records()" in merge
     assert f"CALL analytics.stage_recent_keys({NAMES.dedup_window_days})" in merge
-    assert "load_state" not in statements[3].sql, "the staging step must not join the watermark table"
-    # the batch's session reads quoted attributes with their case before any path is navigated
+    assert "load_state" not in statements[4].sql, "the staging step must not join the watermark table"
+    # the batch's session reads quoted attributes with their case before any path is navigated, and
+    # checks that it does (else every record would be rejected while the watermark moved on)
     assert statements[1].sql.endswith("SET enable_case_sensitive_identifier TO true;")
-    assert statements[1].redshift_only
+    assert statements[2].sql.endswith("CALL analytics.assert_case_sensitive_paths();")
+    setup = "\n".join(s.sql for s in redshift_statements("setup", NAMES))
+    assert "PROCEDURE analytics.assert_case_sensitive_paths()" in setup and 't.j."aB"' in setup
+    assert statements[1].redshift_only and statements[2].redshift_only
     assert not any("SET enable_case" in s.sql for s in duckdb_statements("refresh", NAMES))
 
 

@@ -78,6 +78,13 @@ CORPUS: list[tuple[str, bytes, tuple[str, str]]] = [
     ("source over 64 bytes", envelope(track("long-source"), source="s" * 100), ("rejected", "invalid_envelope")),
     ("no message id and no request id", json.dumps({"v": 1, "source": "web", "receivedAt": RECEIVED_MS, "message": {
         "type": "track", "event": "e", "userId": "u"}}).encode(), ("rejected", "missing_message_id")),
+    # JSON escapes: a lone UTF-16 surrogate is not text (VARCHAR refuses it); an escaped pair is
+    # one character (the Python SDK escapes every non-ASCII character); NUL is a character.
+    ("lone surrogate escape", envelope(track("lone-surrogate")).replace(b'"userId": "u"', b'"userId": "\\ud800"'),
+     ("rejected", "invalid_json")),
+    ("escaped surrogate pair", envelope(track("emoji-pair")).replace(b'"userId": "u"', b'"userId": "\\ud83d\\ude00"'),
+     ("event", "emoji-pair")),
+    ("escaped NUL", envelope(track("nul")).replace(b'"userId": "u"', b'"userId": "a\\u0000b"'), ("event", "nul")),
     ("context and properties not objects", envelope(track("not-objects", context="{oops", properties=[1])),
      ("event", "not-objects")),
 ]
@@ -118,6 +125,7 @@ def test_over_long_values_are_truncated_byte_safely(loaded):
     assert by_id["mb-user"]["user_id"] == "é" * 512  # 1,024 bytes: no character split
     ua = by_id["mb-ua"]["context_user_agent"]
     assert ua == truncate_utf8("日本" * 1000, 4096) and len(ua.encode()) <= 4096 and ua == ("日本" * 1000)[:1365]
+    assert by_id["emoji-pair"]["user_id"] == "\U0001F600" and by_id["nul"]["user_id"] == "a\x00b"
     for row in by_id.values():  # every VARCHAR(n) holds at most n bytes, as Redshift requires
         for col, width in (("user_id", 1024), ("context_page_url", 4096), ("context_user_agent", 4096)):
             assert row[col] is None or len(row[col].encode()) <= width

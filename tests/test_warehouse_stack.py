@@ -259,6 +259,7 @@ def test_placeholder_write_keys_fail_synth_with_the_exact_message(tmp_path):
     ("redshiftSubnetIds", '["subnet-0123abcd"]', "redshiftSubnetIds: Redshift Serverless needs at least three"),
     ("dedupWindowDays", "0", "dedupWindowDays: 0 must be a whole number of days, 1 to 365"),
     ("readerRole", "BI-Reader", "readerRole: 'BI-Reader' must be a lower-case SQL identifier"),
+    ("streamName", "Clickstream-Events", "streamName: 'Clickstream-Events' must be lower case"),
 ])
 def test_bad_warehouse_settings_are_named(key, value, message):
     from clickstream.config import ConfigError, load_settings

@@ -69,3 +69,21 @@ BEGIN
         || ' AS TIMESTAMP) AND message_id IN (SELECT message_id FROM staging)';
 END;
 $$ LANGUAGE plpgsql;
+
+-- The merge's paths ("userId", "receivedAt") find camelCase attributes only while
+-- enable_case_sensitive_identifier is on (refresh/015_session.sql); without it every path would
+-- be NULL and every record would be rejected as invalid_envelope while the watermark moved on.
+-- So the merge checks it first and fails loudly instead.
+-- https://docs.aws.amazon.com/redshift/latest/dg/r_enable_case_sensitive_identifier.html
+CREATE OR REPLACE PROCEDURE ${schema}.assert_case_sensitive_paths()
+AS $$
+DECLARE
+    probe VARCHAR(8);
+BEGIN
+    SELECT CASE WHEN IS_VARCHAR(t.j."aB") THEN t.j."aB"::VARCHAR(8) END INTO probe
+    FROM (SELECT JSON_PARSE('{"aB":"ok"}') AS j) AS t;
+    IF probe IS NULL THEN
+        RAISE EXCEPTION 'enable_case_sensitive_identifier is off: the merge''s paths would miss camelCase attributes';
+    END IF;
+END;
+$$ LANGUAGE plpgsql;

@@ -241,3 +241,23 @@ def test_the_lambdas_default_names_are_the_models():
     model, lam = ModelNames(), SchemaNames()
     assert (lam.schema, lam.kinesis_schema, lam.reader_role) == (model.schema, model.kinesis_schema,
                                                                  model.reader_role)
+
+
+def test_setup_engine_checks_expect_what_the_local_model_computes(tmp_path):
+    """setup/048 checks, on the Redshift it deploys to, behaviours the merge relies on and the
+    documentation does not state; each expected value is what the same SQL gives on the local model
+    (transpiled to DuckDB), so the two engines are held to one answer."""
+    from clickstream.sqlmodel import transpile
+    from clickstream.warehouse import Warehouse
+
+    check = next(s.sql for s in redshift_statements("setup", NAMES) if s.name == "setup/048_engine_checks.sql#1")
+    body = check.split("BEGIN", 1)[1]
+    expected = r"(CAST\('[^']*' AS TIMESTAMP\)|'[^']*')"
+    probes = re.findall(r"SELECT (.*?) INTO (\w+)(.*?);\s*IF \2 IS NULL OR \2 <> " + expected, body, re.S)
+    assert [p[1] for p in probes] == ["slug", "object_text", "at_time", "serialised"]
+    wh = Warehouse(tmp_path / "w.duckdb")
+    for expression, name, source, expected in probes:
+        [(got, want)] = wh.conn.execute(transpile(f"SELECT {expression}, {expected} {source}")).fetchall()
+        assert got == want, (name, got, want)
+    assert f"CALL {NAMES.schema}.check_engine();" in [s.sql for s in redshift_statements("setup", NAMES)]
+    wh.close()

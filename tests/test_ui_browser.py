@@ -158,6 +158,35 @@ def test_events_appear_live_refusals_chart_and_query(live_pipeline, page):
     assert [e for e in errors if "status of 400" not in e] == []
 
 
+def test_pausing_while_a_poll_is_in_flight_stays_paused(live_pipeline, page):
+    """A poll answered after Pause was clicked must neither show its events nor set the pill back
+    to "live": they wait for Resume like any other. (Under load a poll is often in flight.)"""
+    url = live_pipeline.url
+    sdk = Client(KEY, host=url, sync_mode=True, max_retries=0)
+    page.goto(url + "/_clickstream/")
+    page.wait_for_selector("#live-state.live")
+    held: list = []
+    page.route("**/_clickstream/api/events?*", lambda route: held.append(route))  # the next poll waits here
+    deadline = time.monotonic() + 5
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(20)
+    assert held, "the page did not poll"
+    sdk.track("user-7", "Sent During The Poll", anonymous_id="anon-7")
+    page.click("#pause")
+    page.wait_for_selector("#live-state.paused")
+    with page.expect_response("**/_clickstream/api/events?*"):
+        held[0].continue_()  # the in-flight poll now reaches the server and is answered with the event
+    page.wait_for_timeout(300)
+    assert page.locator("#live-state").get_attribute("class") == "pill paused"
+    assert page.locator("#events tbody tr").count() == 0
+    assert len(held) == 1  # no poll while paused
+    page.unroute("**/_clickstream/api/events?*")
+    page.click("#pause")  # resume: the event arrives
+    _wait_rows(page, "#events tbody tr", 1, timeout_s=3)
+    assert page.locator("#events tbody tr").nth(0).locator("td").nth(3).inner_text() == "Sent During The Poll"
+    page.wait_for_selector("#live-state.live")
+
+
 def test_screenshot_of_the_live_events_page(live_pipeline, page, tmp_path):
     """A realistic page: simulated traffic from several sources, one record opened."""
     url = live_pipeline.url

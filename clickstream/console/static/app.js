@@ -150,6 +150,12 @@ async function pollEvents() {
       const params = new URLSearchParams({ after: String(state.after), limit: String(state.busy ? BUSY_PAGE : PAGE) });
       for (const [k, v] of Object.entries(f)) if (v) params.set(k, v);
       const data = await getJSON("events?" + params);
+      // Paused while this poll was in flight: drop its answer (state.after stays, so its events
+      // arrive on resume) and leave the pill saying "paused".
+      if (state.paused) {
+        setTimeout(pollEvents, wait);
+        return;
+      }
       const fresh = data.events.map(summarize);
       if (fresh.length) {
         state.events = fresh.concat(state.events).slice(0, KEEP);

@@ -46,6 +46,7 @@ class Usage:
     shards: int = 2
     refresh_minutes: float = 5.0
     refresh_busy_seconds: float = 30.0  # Redshift compute per refresh run
+    segment_seconds: float = 10.0  # the segment_tables function per refresh run (it waits on the Data API)
     rpu: int = DEFAULT_RPU
     archive_months: float = 12.0  # months of archive kept (steady state)
     compression_ratio: float = 0.12  # gzip of NDJSON envelopes
@@ -60,6 +61,7 @@ class Estimate:
     s3_storage: float
     s3_requests: float
     step_functions: float
+    segment_tables_lambda: float
     redshift_serverless: float
 
     @property
@@ -109,10 +111,19 @@ def estimate(u: Usage, p: dict | None = None) -> Estimate:
     runs = refresh_runs(u)
     transitions = runs * (TRANSITIONS_BEFORE_MAP + TRANSITIONS_PER_STEP * refresh_steps() + TRANSITIONS_AFTER_MAP)
     step_functions = transitions / 1000 * p["step_functions_per_thousand_transitions"]
+    segment_lambda = runs * (u.segment_seconds * segment_tables_memory_gb() * p["lambda_x86_gb_second"]
+                             + p["lambda_per_million_requests"] / 1e6)
     redshift = rpu_hours(u, p) * p["redshift_serverless_rpu_hour"]
     api = _tiered(requests, p["api_gateway_rest_per_million_requests"])
     logs = requests * ACCESS_LOG_BYTES_PER_REQUEST / GB * p["cloudwatch_logs_ingest_per_gb"]
-    return Estimate(api, logs, kinesis, firehose, s3_storage, s3_requests, step_functions, redshift)
+    return Estimate(api, logs, kinesis, firehose, s3_storage, s3_requests, step_functions, segment_lambda, redshift)
+
+
+def segment_tables_memory_gb() -> float:
+    """The deployed memory of the segment_tables function (the refresh's last step)."""
+    from clickstream import workflows
+
+    return workflows.SEGMENT_TABLES_MEMORY_MB / 1024
 
 
 def refresh_runs(u: Usage) -> float:
@@ -198,13 +209,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"Redshift Serverless base capacity (default {DEFAULT_RPU}, as deployed)")
     parser.add_argument("--archive-months", type=_number(float, "a number >= 0", lambda v: v >= 0), default=12.0,
                         help="months of archive kept (default 12)")
+    parser.add_argument("--segment-seconds", type=positive, default=10.0,
+                        help="run time of the segment_tables function per refresh (default 10)")
 
 
 def run(args: argparse.Namespace) -> int:
     usage = Usage(events_per_day=args.events_per_day, batch_size=args.batch_size,
                   avg_event_bytes=args.avg_event_bytes, stream_mode=args.stream_mode, shards=args.shards,
                   refresh_minutes=args.refresh_minutes, refresh_busy_seconds=args.refresh_busy_seconds,
-                  rpu=args.rpu, archive_months=args.archive_months)
+                  rpu=args.rpu, archive_months=args.archive_months, segment_seconds=args.segment_seconds)
     p = prices()
     r = report(usage, estimate(usage, p), p)
     print(json.dumps(r, indent=2) if args.json else format_report(r))

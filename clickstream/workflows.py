@@ -31,6 +31,8 @@ SEGMENT_TABLES_STATE = "SpreadIntoSegmentTables"
 # The function's own timeout (Lambda's maximum, 15 minutes) and the Task's, a little longer so that
 # the function's own timeout (an error it reports) comes first.
 SEGMENT_TABLES_FUNCTION_TIMEOUT_SECONDS = 900
+# It mostly waits on the Data API, so it needs little memory (the cost model reads this too).
+SEGMENT_TABLES_MEMORY_MB = 256
 SEGMENT_TABLES_TASK_TIMEOUT_SECONDS = SEGMENT_TABLES_FUNCTION_TIMEOUT_SECONDS + 60
 # BatchExecuteStatement takes 1-40 SQL statements (API_BatchExecuteStatement, "Sqls").
 MAX_BATCH_STATEMENTS = 40

@@ -268,7 +268,8 @@ class WarehouseStack(cdk.Stack):
         function = python_function(
             self, "SegmentTables", name="segment_tables", handler="handler",
             modules=["segment_schema", "segment_tables"], environment=env, role=self.workflow_role,
-            timeout=cdk.Duration.seconds(workflows.SEGMENT_TABLES_FUNCTION_TIMEOUT_SECONDS))
+            timeout=cdk.Duration.seconds(workflows.SEGMENT_TABLES_FUNCTION_TIMEOUT_SECONDS),
+            memory_size=workflows.SEGMENT_TABLES_MEMORY_MB)
         # Its own policy, not the role's default one: the function depends on that (no cycle).
         self.invoke_segment_tables = iam.Policy(self, "WorkflowInvokesSegmentTables", roles=[self.workflow_role],
                                                 statements=[iam.PolicyStatement(actions=["lambda:InvokeFunction"],

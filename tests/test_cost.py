@@ -31,6 +31,17 @@ def test_lines_follow_the_documented_formulas():
     assert bigger.redshift_serverless == e.redshift_serverless  # refresh cost does not scale with events
 
 
+def test_segment_tables_lambda_is_counted_per_refresh_at_its_deployed_memory():
+    from clickstream import workflows
+
+    u = cost.Usage(events_per_day=1, refresh_minutes=5, segment_seconds=10)
+    runs = cost.DAYS_PER_MONTH * 24 * 12
+    gb = workflows.SEGMENT_TABLES_MEMORY_MB / 1024
+    assert cost.estimate(u).segment_tables_lambda == pytest.approx(runs * (10 * gb * 0.0000166667 + 0.20 / 1e6))
+    assert cost.estimate(cost.Usage(events_per_day=1e9, refresh_minutes=5, segment_seconds=10)).segment_tables_lambda \
+        == cost.estimate(u).segment_tables_lambda  # one run per refresh, whatever the traffic
+
+
 def test_price_table_names_its_date_and_sources():
     p = cost.prices()
     assert p["as_of"] and p["region"] == "us-east-1"

@@ -588,8 +588,8 @@ def test_deploy_docs_idle_cost_is_what_the_cost_model_says():
         row = next(line for line in deploy.splitlines() if line.startswith(row_start))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1] == f"${e.redshift_serverless:,.2f} ({round(cost.rpu_hours(u)):,} RPU-hours)"
-        assert cells[2:4] == [f"${e.step_functions:,.2f}", f"${e.kinesis:,.2f}"]
-        assert cells[4] == f"~${round(e.total):,}/month"
+        assert cells[2:5] == [f"${e.step_functions:,.2f}", f"${e.segment_tables_lambda:,.2f}", f"${e.kinesis:,.2f}"]
+        assert cells[5] == f"~${round(e.total):,}/month"
 
 
 def test_segment_tables_function_runs_as_the_workflow_identity_with_its_target(warehouse):
@@ -600,6 +600,7 @@ def test_segment_tables_function_runs_as_the_workflow_identity_with_its_target(w
     props = t.find_resources("AWS::Lambda::Function")[fid]["Properties"]
     assert props["Role"] == {"Fn::GetAtt": ["WorkflowRole21EC4257", "Arn"]}
     assert props["Timeout"] == 900 and props["Runtime"] == "python3.13"
+    assert props["MemorySize"] == workflows.SEGMENT_TABLES_MEMORY_MB  # what the cost model counts
     assert props["Environment"]["Variables"] == {
         "POWERTOOLS_SERVICE_NAME": "clickstream-segment_tables", "DATABASE": "dev", "WORKGROUP_NAME": "clickstream",
         "SCHEMA": "clickstream", "KINESIS_SCHEMA": "kinesis", "READER_ROLE": "clickstream_reader"}

@@ -23,7 +23,10 @@ CREATE OR REPLACE MACRO from_varbyte_substring(b, start, n, enc) AS
 
 -- SUPER type information functions (https://docs.aws.amazon.com/redshift/latest/dg/c_Type_Info_Functions.html)
 -- for JSON values. Applied to a path, the transpiler tests the first character instead (super_first).
-CREATE OR REPLACE MACRO is_object(x) AS json_type(x) = 'OBJECT';
+-- (JSON text of a column may start with whitespace; is_object reads past it instead of parsing.)
+CREATE OR REPLACE MACRO is_object(x) AS
+    CASE WHEN left(CAST(x AS VARCHAR), 1) IN (' ', e'\t', e'\n', e'\r')
+         THEN left(ltrim(CAST(x AS VARCHAR), e' \t\n\r'), 1) ELSE left(CAST(x AS VARCHAR), 1) END = '{';
 
 CREATE OR REPLACE MACRO is_array(x) AS json_type(x) = 'ARRAY';
 

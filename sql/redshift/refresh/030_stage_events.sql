@@ -34,7 +34,7 @@ WITH r AS (
         -- JSON_SIZE has no size limit; JSON_SERIALIZE fails beyond 65,535 bytes, and a record's
         -- serialised form may be longer than the record (e.g. numbers written with exponents)
         JSON_SIZE(v.payload) AS payload_bytes,
-        CASE WHEN JSON_SIZE(v.payload) <= 65535 THEN JSON_SERIALIZE(v.payload) END AS raw_json,
+        v.payload,
         -- bytes that are not JSON: the first 32,000 bytes as hex (at most 64,000 characters)
         CASE WHEN v.payload IS NULL THEN FROM_VARBYTE(SUBSTRING(v.raw_data, 1, 32000), 'hex') END AS raw_hex,
         CASE WHEN IS_OBJECT(v.payload) AND JSON_SIZE(v.payload) <= 65535 THEN v.payload END AS d
@@ -157,7 +157,7 @@ judged AS (
                 'analytics-kotlin', 'analytics-react-native', 'analytics-flutter') AS client_side,
         CASE
             WHEN j.record_bytes > 64000 OR j.payload_bytes > 65535 THEN 'record_too_large'
-            WHEN j.raw_json IS NULL THEN 'invalid_json'
+            WHEN j.payload IS NULL THEN 'invalid_json'
             WHEN j.d IS NULL THEN 'invalid_envelope'
             WHEN j.envelope_version IS NULL OR j.envelope_version <> '1' THEN 'unsupported_envelope_version'
             WHEN j.received_at IS NULL OR j.source IS NULL OR OCTET_LENGTH(j.source) > 64 THEN 'invalid_envelope'
@@ -175,6 +175,13 @@ judged AS (
             WHEN OCTET_LENGTH(j.message_id) > 100 THEN 'message_id_too_long'
         END AS reason
     FROM n AS j
+),
+-- The record's text, only for rows that go to `rejected` (none: JSON too large to serialise; the
+-- archive has it).
+kept AS (
+    SELECT k.*, CASE WHEN k.reason IS NOT NULL AND k.payload_bytes <= 65535 THEN JSON_SERIALIZE(k.payload) END
+        AS raw_json
+    FROM judged AS k
 )
 SELECT
     n.shard_id,
@@ -182,8 +189,6 @@ SELECT
     n.refresh_time,
     n.reason,
     n.record_bytes,
-    -- the record is kept only where it is needed: for rows that go to `rejected`
-    -- (none: JSON too large to serialise; the archive has it)
     CASE WHEN n.reason IS NOT NULL THEN
         CASE WHEN n.raw_json IS NOT NULL THEN 'json' WHEN n.raw_hex IS NOT NULL THEN 'hex' ELSE 'none' END
     END AS raw_format,
@@ -242,4 +247,4 @@ SELECT
     CASE WHEN n.bc IS NOT NULL THEN JSON_SERIALIZE(n.bc) END AS batch_context,
     f_clickstream_truncate(n.request_id, 128) AS request_id,
     f_clickstream_truncate(n.request_ip, 64) AS request_ip
-FROM judged AS n;
+FROM kept AS n;

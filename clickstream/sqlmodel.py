@@ -224,6 +224,9 @@ def _json_path(parts: list[exp.Identifier]) -> exp.Expr:
 # (whose JSON text may start with whitespace) are the exact macros of sql/duckdb/setup/000_functions.sql.
 # https://docs.aws.amazon.com/redshift/latest/dg/c_Type_Info_Functions.html
 _FIRST_CHARACTER_TESTS = {"IS_VARCHAR": ('"',), "IS_OBJECT": ("{",), "IS_ARRAY": ("[",), "IS_BOOLEAN": ("t", "f")}
+# JSON_TYPEOF(path) = '<type>' the same way (JSON_TYPEOF's values: r_json_typeof.html).
+_JSON_TYPEOF_FIRST_CHARACTERS = {"string": ('"',), "object": ("{",), "array": ("[",), "boolean": ("t", "f"),
+                                 "null": ("n",), "number": ("-", *"0123456789")}
 
 
 def _super_navigation(node: exp.Expr) -> exp.Expr:
@@ -232,15 +235,24 @@ def _super_navigation(node: exp.Expr) -> exp.Expr:
     (NULL for any other type; ``super_varchar`` in sql/duckdb/setup/000_functions.sql).
     https://docs.aws.amazon.com/redshift/latest/dg/query-super.html"""
     if isinstance(node, exp.Case) and len(node.args.get("ifs") or []) == 1 and not node.args.get("default"):
-        # CASE WHEN IS_VARCHAR(p) THEN p::VARCHAR END: the cast alone says the same here
+        # CASE WHEN IS_VARCHAR(p) THEN p::VARCHAR END (or NULLIF(p::VARCHAR, '')): the cast alone
+        # says the same here, since it is NULL for anything but a string
         test, value = node.args["ifs"][0].this, node.args["ifs"][0].args["true"]
-        if isinstance(test, exp.Anonymous) and test.name.upper() == "IS_VARCHAR" and isinstance(value, exp.Cast) \
-                and redshift_rules.path_parts(value.this) is not None and test.expressions[0] == value.this:
-            return _super_navigation(value)
+        cast = value.this if isinstance(value, exp.Nullif) else value
+        if isinstance(test, exp.Anonymous) and test.name.upper() == "IS_VARCHAR" and isinstance(cast, exp.Cast) \
+                and redshift_rules.path_parts(cast.this) is not None and test.expressions[0] == cast.this:
+            return value.transform(_super_navigation)
     if isinstance(node, exp.Cast) and node.to.this in (exp.DataType.Type.VARCHAR, exp.DataType.Type.TEXT):
         parts = redshift_rules.path_parts(node.this)
         if parts is not None:
             return exp.func("super_varchar", _json_path(parts))
+    if isinstance(node, exp.EQ) and isinstance(node.this, exp.Anonymous) and node.this.name.upper() == "JSON_TYPEOF" \
+            and isinstance(node.expression, exp.Literal) and node.expression.name in _JSON_TYPEOF_FIRST_CHARACTERS:
+        parts = redshift_rules.path_parts(node.this.expressions[0])
+        if parts is not None:
+            first = exp.func("super_first", _json_path(parts))
+            return exp.In(this=first, expressions=[exp.Literal.string(c)
+                                                   for c in _JSON_TYPEOF_FIRST_CHARACTERS[node.expression.name]])
     if isinstance(node, exp.Anonymous) and len(node.expressions) == 1:
         parts = redshift_rules.path_parts(node.expressions[0])
         name = node.name.upper()

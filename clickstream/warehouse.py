@@ -101,9 +101,10 @@ class Warehouse:
         """DuckDB as the loader runs it (``clickstream bench`` measures the same): one thread.
 
         The merge then runs only in the loader's (lower-priority) thread, instead of in worker
-        threads started at full priority that compete with the collector. It is no slower: a
-        50,000-record batch is one row group, which DuckDB scans in one thread anyway, and on two
-        cores a second thread only adds contention (measured: 62,000 vs 52,000 events/s)."""
+        threads started at full priority that compete with the collector. It is no slower: a load
+        (LOAD_BATCH) is one row group, which DuckDB scans in one thread anyway, and on two cores a
+        second thread only added contention (measured with 50,000-record loads: 62,000 vs 52,000
+        events/s before checkpoints)."""
         self.conn.execute("SET threads = 1")
 
     def applied_migrations(self) -> list[str]:

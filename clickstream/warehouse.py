@@ -69,6 +69,7 @@ class Warehouse:
             self.setup()
         self._merge = duckdb_statements("refresh", self.names)
         self._last_refresh: dt.datetime | None = None
+        self._refresh_lock = threading.RLock()  # _last_refresh: set by loads, read by any thread
         self.stats = LoadStats()
 
     def setup(self) -> None:
@@ -140,20 +141,25 @@ class Warehouse:
         return int(rows[0][0]) if rows and rows[0][0] else 0
 
     def _latest_refresh(self) -> dt.datetime | None:
-        """The refresh_time of the latest load: read from the table once, then kept by :meth:`_refresh_time`."""
-        if self._last_refresh is None:
-            row = self.conn.execute(f"SELECT MAX(refresh_time) FROM {self.table}").fetchone()
-            self._last_refresh = row[0] if row else None
-        return self._last_refresh
+        """The refresh_time of the latest load: read from the table once, then kept by :meth:`_refresh_time`.
+
+        Other threads call it too (through :meth:`last_loaded_seq`): it reads on its own cursor,
+        and the lock keeps a reader from overwriting a newer value set by a load."""
+        with self._refresh_lock:
+            if self._last_refresh is None:
+                _, rows = self.query(f"SELECT MAX(refresh_time) FROM {self.table}")
+                self._last_refresh = rows[0][0] if rows else None
+            return self._last_refresh
 
     def _refresh_time(self) -> dt.datetime:
         """Like Redshift's refresh_time: one value per refresh, strictly increasing."""
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        latest = self._latest_refresh()
-        if latest is not None and now <= latest:
-            now = latest + dt.timedelta(microseconds=1)
-        self._last_refresh = now
-        return now
+        with self._refresh_lock:
+            now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+            latest = self._latest_refresh()
+            if latest is not None and now <= latest:
+                now = latest + dt.timedelta(microseconds=1)
+            self._last_refresh = now
+            return now
 
     def load(self, records: list[StreamRecord]) -> None:
         """Copy stream records into the streaming table and merge, as one transaction each.
@@ -199,7 +205,8 @@ class Warehouse:
             self.conn.execute("COMMIT")
         except Exception:
             self.conn.execute("ROLLBACK")
-            self._last_refresh = None  # this refresh_time was not kept: read the latest again
+            with self._refresh_lock:
+                self._last_refresh = None  # this refresh_time was not kept: read the latest again
             raise
         self.merge()
 

@@ -36,6 +36,15 @@ log = logging.getLogger("clickstream.warehouse")
 WAREHOUSE_FILE = "warehouse.duckdb"
 LOADER_CONSUMER = "warehouse"
 SEQ_WIDTH = 20  # sequence numbers are zero-padded so that text order is numeric order
+# Records per load while catching up: DuckDB's row group size (122,880 rows, see
+# https://duckdb.org/docs/stable/guides/performance/how_to_tune_workloads). DuckDB writes a whole
+# row group inserted by one transaction straight into the database file, compressed, at commit;
+# smaller inserts go to the WAL, and a checkpoint writes them again, compressed, later. With
+# 50,000-record loads a checkpoint costing ~1 s fell every four loads and the loader sustained
+# ~41,000-46,000 events/s; with whole row groups the streaming table's rows (most of the bytes)
+# are written once, and the rate is ~50,000-57,000 (docs/benchmarks.md). Bigger loads gain
+# nothing more and take more memory.
+LOAD_BATCH = 122_880
 
 
 @dataclass
@@ -60,6 +69,7 @@ class Warehouse:
             self.setup()
         self._merge = duckdb_statements("refresh", self.names)
         self._last_refresh: dt.datetime | None = None
+        self._refresh_lock = threading.RLock()  # _last_refresh: set by loads, read by any thread
         self.stats = LoadStats()
 
     def setup(self) -> None:
@@ -88,6 +98,16 @@ class Warehouse:
             self.conn.execute("ROLLBACK")
             raise
 
+    def use_loader_settings(self) -> None:
+        """DuckDB as the loader runs it (``clickstream bench`` measures the same): one thread.
+
+        The merge then runs only in the loader's (lower-priority) thread, instead of in worker
+        threads started at full priority that compete with the collector. It is no slower: a load
+        (LOAD_BATCH) is one row group, which DuckDB scans in one thread anyway, and on two cores a
+        second thread only added contention (measured with 50,000-record loads: 62,000 vs 52,000
+        events/s before checkpoints)."""
+        self.conn.execute("SET threads = 1")
+
     def applied_migrations(self) -> list[str]:
         _, rows = self.query(f"SELECT name FROM {self.names.schema}.schema_migrations ORDER BY name")
         return [r[0] for r in rows]
@@ -104,19 +124,42 @@ class Warehouse:
         return f"{self.names.schema}.{self.names.mv}"
 
     def last_loaded_seq(self) -> int:
+        """The highest sequence number copied into the streaming table.
+
+        It runs before every load and every idle poll, so it must not read the whole table (a cost
+        per batch that grew with the table). Loads copy records in sequence order with one strictly
+        increasing refresh_time each, so the highest is among the rows of the latest refresh: a
+        literal lower bound on refresh_time lets DuckDB's row-group min/max skip everything older."""
+        latest = self._latest_refresh()
+        if latest is not None:
+            _, rows = self.query(f"SELECT MAX(sequence_number) FROM {self.table} "
+                                 f"WHERE refresh_time >= {_literal(latest.isoformat(sep=' '))}::TIMESTAMP")
+            if rows and rows[0][0]:
+                return int(rows[0][0])
+        # nothing at the latest refresh (its load was rolled back, or rows were written by hand)
         _, rows = self.query(f"SELECT MAX(sequence_number) FROM {self.table}")
         return int(rows[0][0]) if rows and rows[0][0] else 0
 
+    def _latest_refresh(self) -> dt.datetime | None:
+        """The refresh_time of the latest load: read from the table once, then kept by :meth:`_refresh_time`.
+
+        Other threads call it too (through :meth:`last_loaded_seq`): it reads on its own cursor,
+        and the lock keeps a reader from overwriting a newer value set by a load."""
+        with self._refresh_lock:
+            if self._last_refresh is None:
+                _, rows = self.query(f"SELECT MAX(refresh_time) FROM {self.table}")
+                self._last_refresh = rows[0][0] if rows else None
+            return self._last_refresh
+
     def _refresh_time(self) -> dt.datetime:
         """Like Redshift's refresh_time: one value per refresh, strictly increasing."""
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        if self._last_refresh is None:
-            row = self.conn.execute(f"SELECT MAX(refresh_time) FROM {self.table}").fetchone()
-            self._last_refresh = row[0] if row else None
-        if self._last_refresh is not None and now <= self._last_refresh:
-            now = self._last_refresh + dt.timedelta(microseconds=1)
-        self._last_refresh = now
-        return now
+        with self._refresh_lock:
+            now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+            latest = self._latest_refresh()
+            if latest is not None and now <= latest:
+                now = latest + dt.timedelta(microseconds=1)
+            self._last_refresh = now
+            return now
 
     def load(self, records: list[StreamRecord]) -> None:
         """Copy stream records into the streaming table and merge, as one transaction each.
@@ -162,6 +205,8 @@ class Warehouse:
             self.conn.execute("COMMIT")
         except Exception:
             self.conn.execute("ROLLBACK")
+            with self._refresh_lock:
+                self._last_refresh = None  # this refresh_time was not kept: read the latest again
             raise
         self.merge()
 
@@ -208,7 +253,7 @@ class Warehouse:
         Returns False when the pass failed."""
         return segment_tables.after_merge(self.conn, self.names)
 
-    def load_from(self, stream: LocalStream, batch: int = 50_000) -> int:
+    def load_from(self, stream: LocalStream, batch: int = LOAD_BATCH) -> int:
         """Load everything the stream has beyond what is loaded; returns the number of records."""
         total = 0
         while True:
@@ -251,7 +296,7 @@ class Loader:
     """
 
     def __init__(self, warehouse: Warehouse, data_dir: Path | str, interval: float = 0.5,
-                 batch: int = 50_000) -> None:
+                 batch: int = LOAD_BATCH) -> None:
         self.warehouse = warehouse
         self.batch = batch  # records per load while catching up (bigger loads amortise each merge)
         self.data_dir = Path(data_dir)
@@ -268,9 +313,7 @@ class Loader:
     def start(self, *, lock_configuration: bool = False) -> None:
         """Start the thread; ``lock_configuration`` locks DuckDB's settings (see :func:`lock_down`)
         once the loader's own are made, before the thread shares the connection."""
-        # One DuckDB thread: the merge then runs only in this (lower-priority) thread, instead of in
-        # worker threads started at full priority that compete with the collector.
-        self.warehouse.conn.execute("SET threads = 1")
+        self.warehouse.use_loader_settings()
         if lock_configuration:
             lock_down(self.warehouse.conn)
 
@@ -423,7 +466,7 @@ class LoaderProcess:
     ``status()`` reports restarts and the loader's failures for ``/health``.
     """
 
-    def __init__(self, data_dir: Path | str, *, interval: float = 0.5, batch: int = 50_000,
+    def __init__(self, data_dir: Path | str, *, interval: float = 0.5, batch: int = LOAD_BATCH,
                  archive: dict[str, float] | None = None,
                  restart_backoff: tuple[float, float] = (0.2, 30.0)) -> None:
         import multiprocessing

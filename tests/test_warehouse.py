@@ -184,6 +184,22 @@ def test_dedup_within_one_load_keeps_the_earliest_received_copy(tmp_path):
     wh.close()
 
 
+def test_dedup_within_one_load_breaks_ties_by_sequence_and_keeps_one_copy_per_key(tmp_path):
+    """Copies received in the same millisecond: the one earlier in the stream wins, exactly one is kept;
+    a later-received copy earlier in the stream still loses to the earliest received one."""
+    wh = Warehouse(tmp_path / "w.duckdb")
+    _load(wh, tmp_path, [_envelope("web", "t-1", T0 + 10, event="late"),
+                         _envelope("web", "t-1", T0, event="first-in-stream"),
+                         _envelope("web", "t-1", T0, event="second-in-stream"),
+                         _envelope("web", "t-1", T0, event="third-in-stream"),
+                         _envelope("backend", "t-1", T0 + 20, event="other-source"),
+                         _envelope("web", "t-2", T0 + 30, event="alone")])
+    _, rows = wh.query("SELECT source, message_id, event_text FROM clickstream.events ORDER BY 1, 2")
+    assert rows == [("backend", "t-1", "other-source"), ("web", "t-1", "first-in-stream"),
+                    ("web", "t-2", "alone")]
+    wh.close()
+
+
 def test_same_message_id_from_two_sources_is_two_events(tmp_path):
     """A message id first sent with the public web key must not suppress the server's event."""
     wh = Warehouse(tmp_path / "w.duckdb")

@@ -74,3 +74,19 @@ def test_the_load_benchmark_runs_the_loader_as_the_local_loader_does():
     assert figures.batch == LOAD_BATCH
     assert figures.rows_in_events == figures.events == figures.segment_rows_in_tracks == 2_000
     assert 0 <= figures.checkpoint_seconds <= figures.seconds  # the final checkpoint is timed too
+
+
+def test_streaming_table_keeps_records_zstd_compressed(tmp_path):
+    """The records are most of what the loader writes; zstd keeps them at ~40% of the default
+    string compression's size, and the loads got ~10% faster for it (docs/benchmarks.md)."""
+    _put(tmp_path, 0, LOAD_BATCH)
+    wh = Warehouse(tmp_path / "w.duckdb")
+    stream = LocalStream(tmp_path)
+    assert wh.load_from(stream) == LOAD_BATCH
+    wh.conn.execute("CHECKPOINT")
+    kinds = {r[0] for r in wh.conn.execute(
+        "SELECT compression FROM pragma_storage_info('clickstream.clickstream_stream') "
+        "WHERE column_name = 'payload' AND segment_type <> 'VALIDITY'").fetchall()}
+    assert kinds == {"ZSTD"}, kinds
+    stream.close()
+    wh.close()

@@ -2,7 +2,8 @@
 
 Statements are read from the files in name order, ``${name}`` placeholders are filled from
 :class:`ModelNames`, and for DuckDB each statement is transpiled from the Redshift dialect, with
-Redshift's limits compiled in as checks (:mod:`clickstream.redshift_rules`). The few Redshift-only
+Redshift's limits compiled in as checks (:mod:`clickstream.redshift_rules`), and PartiQL paths into
+SUPER values (``r.d."message"."userId"``) turned into DuckDB JSON extraction. The few Redshift-only
 statements (external schema, streaming view, REFRESH, stored procedures) are replaced locally by
 ``sql/duckdb``: the loader fills a table with the streaming view's columns instead, and
 ``sql/duckdb/<phase>/<file>`` replaces the Redshift file of the same name.

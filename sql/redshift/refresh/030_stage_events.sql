@@ -17,9 +17,10 @@
 -- https://docs.aws.amazon.com/redshift/latest/dg/JSON_EXTRACT_PATH_TEXT.html). Attribute names are
 -- quoted: with enable_case_sensitive_identifier on (015_session.sql) a quoted name keeps its case,
 -- so "userId" finds userId (https://docs.aws.amazon.com/redshift/latest/dg/super-configurations.html).
--- Types are checked before use (IS_VARCHAR, IS_OBJECT, JSON_TYPEOF), so a value of the wrong type is
--- NULL by the SQL, not by the engine's lax casting rules
--- (https://docs.aws.amazon.com/redshift/latest/dg/r_is_varchar.html, r_json_typeof.html).
+-- Types are checked before use (IS_VARCHAR, IS_OBJECT, IS_BOOLEAN, JSON_TYPEOF), so a value of the
+-- wrong type is NULL by the SQL, not by the engine's lax casting rules
+-- (https://docs.aws.amazon.com/redshift/latest/dg/r_is_varchar.html, r_json_typeof.html), and casts
+-- say VARCHAR(65535): a CREATE TABLE AS column of unknown width would be VARCHAR(256).
 -- No input can make it fail: records over 64,000 bytes are never parsed (the streaming view keeps
 -- their bytes), only records JSON_SERIALIZE can write whole are navigated (so every part of them
 -- can be written too), and times are computed in BIGINT milliseconds, never through a 32-bit

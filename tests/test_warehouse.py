@@ -200,6 +200,18 @@ def test_dedup_within_one_load_breaks_ties_by_sequence_and_keeps_one_copy_per_ke
     wh.close()
 
 
+def test_thousands_of_copies_of_one_message_in_one_load_keep_the_first(tmp_path):
+    """A client retrying one message in a loop: 30,000 copies in one load. The in-load dedup ranks
+    the copies of a key in one sort; comparing copies with copies (an anti-join on the key) is
+    quadratic and took minutes here, so this test would hit its time limit."""
+    wh = Warehouse(tmp_path / "w.duckdb")
+    copies = [_envelope("web", "retried", T0 + 30_000 - i, event=f"copy-{i}") for i in range(30_000)]
+    _load(wh, tmp_path, copies)
+    _, rows = wh.query("SELECT message_id, event_text FROM clickstream.events")
+    assert rows == [("retried", "copy-29999")]  # the earliest received
+    wh.close()
+
+
 def test_same_message_id_from_two_sources_is_two_events(tmp_path):
     """A message id first sent with the public web key must not suppress the server's event."""
     wh = Warehouse(tmp_path / "w.duckdb")

@@ -75,6 +75,9 @@ CORPUS: list[tuple[str, bytes, tuple[str, str]]] = [
      ("rejected", "missing_user_id_and_anonymous_id")),
     ("empty record", b"", ("rejected", "invalid_json")),
     ("empty message", envelope({}), ("rejected", "invalid_type")),
+    ("no message at all", json.dumps({"v": 1, "source": "web", "receivedAt": RECEIVED_MS, "requestId": "req-nm",
+                                      "index": 0, "routeType": "track"}).encode(), ("rejected", "invalid_message")),
+    ("message not an object", envelope("track me", routeType="track"), ("rejected", "invalid_message")),
     ("source over 64 bytes", envelope(track("long-source"), source="s" * 100), ("rejected", "invalid_envelope")),
     ("no message id and no request id", json.dumps({"v": 1, "source": "web", "receivedAt": RECEIVED_MS, "message": {
         "type": "track", "event": "e", "userId": "u"}}).encode(), ("rejected", "missing_message_id")),

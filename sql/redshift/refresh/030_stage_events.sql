@@ -55,7 +55,8 @@ f AS (
         CASE WHEN IS_VARCHAR(r.d."userAgent") THEN NULLIF(r.d."userAgent"::VARCHAR(65535), '') END AS request_user_agent,
         CASE WHEN IS_VARCHAR(r.d."route") THEN NULLIF(r.d."route"::VARCHAR(65535), '') END AS route,
         CASE WHEN IS_VARCHAR(r.d."routeType") THEN NULLIF(r.d."routeType"::VARCHAR(65535), '') END AS route_type,
-        IS_OBJECT(r.d."message") AS has_message,
+        -- IS_OBJECT of a missing attribute is NULL, not false
+        COALESCE(IS_OBJECT(r.d."message"), FALSE) AS has_message,
         CASE WHEN IS_VARCHAR(r.d."message"."type") THEN NULLIF(r.d."message"."type"::VARCHAR(65535), '') END
             AS message_type,
         -- identifiers: a number is written as its JSON text, as JSON_EXTRACT_PATH_TEXT would

@@ -19,15 +19,21 @@ SELECT
     context_campaign_medium, context_campaign_term, context_campaign_content,
     properties, traits, request_id, request_ip, sequence_number, GETDATE(), context, batch_context
 FROM staging AS s
+-- the first staged copy of its (source, message_id), ordered by received_at, then shard and sequence
+-- number (unique per record, so exactly one copy is first). The window sorts only the key and order
+-- columns, and its winners are joined back by record: a window over every staged column cost the
+-- local merge half of this statement's time, and an anti-join of copies against copies is
+-- quadratic in the copies of one id (a client retrying one message thousands of times).
+JOIN (
+    SELECT
+        w.shard_id AS first_shard_id,
+        w.sequence_number AS first_sequence_number,
+        ROW_NUMBER() OVER (PARTITION BY w.source, w.message_id
+                           ORDER BY w.received_at, w.shard_id, w.sequence_number) AS rn
+    FROM staging AS w
+    WHERE w.reason IS NULL
+) AS first_copy
+    ON first_copy.first_shard_id = s.shard_id AND first_copy.first_sequence_number = s.sequence_number
+   AND first_copy.rn = 1
 WHERE s.reason IS NULL
-  -- the first staged copy of its (source, message_id), ordered by received_at, then shard and
-  -- sequence number (unique per record, so exactly one copy is first): no copy ranks before it.
-  -- An anti-join on the key, not ROW_NUMBER() over the staged rows: a window carries every column
-  -- through its sort, and cost the local merge about half of this statement's time.
-  AND NOT EXISTS (
-      SELECT 1 FROM staging AS q
-      WHERE q.reason IS NULL AND q.source = s.source AND q.message_id = s.message_id
-        AND (q.received_at < s.received_at
-             OR (q.received_at = s.received_at
-                 AND (q.shard_id < s.shard_id OR (q.shard_id = s.shard_id AND q.sequence_number < s.sequence_number)))))
   AND NOT EXISTS (SELECT 1 FROM recent_keys AS k WHERE k.source = s.source AND k.message_id = s.message_id);

@@ -165,6 +165,10 @@ def _batch_field(value: Any) -> Any:
 _FIELDS = list(contract.ENVELOPE_FIELDS)
 _INDEX, _MESSAGE = _FIELDS.index("index"), _FIELDS.index("message")
 assert 0 < _INDEX < _MESSAGE - 1 < len(_FIELDS) - 2, "the envelope frame needs fields around index and message"
+assert _FIELDS[:2] == ["v", "source"]
+# How every record the collector writes begins (orjson, compact). The local loader takes these as
+# valid SUPER JSON (orjson writes no repeated key and no NaN) and checks only other records.
+RECORD_PREFIX = f'{{"v":{contract.ENVELOPE_VERSION},"source":'
 
 
 def _envelope_frame(fields: dict[str, Any]) -> tuple[bytes, bytes, bytes]:

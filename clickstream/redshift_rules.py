@@ -81,21 +81,28 @@ def truncate_utf8(text: str, max_bytes: int) -> str:
     raise AssertionError("unreachable: a UTF-8 character is at most 4 bytes")
 
 
-def has_duplicate_keys(text: str) -> bool:
-    """True when some JSON object repeats a key: such a record is not valid SUPER (CAN_JSON_PARSE false)."""
-    duplicate = False
+def not_super_json(text: str) -> bool:
+    """True for text DuckDB reads as JSON that SUPER does not accept: an object repeating a key (not
+    valid SUPER, CAN_JSON_PARSE false), or NaN / Infinity, which are not JSON (RFC 8259) though
+    DuckDB's reader takes them. The streaming view keeps such a record's bytes instead."""
+    refused = False
 
-    def hook(pairs: list[tuple[str, object]]) -> dict:
-        nonlocal duplicate
+    def pairs_hook(pairs: list[tuple[str, object]]) -> dict:
+        nonlocal refused
         if len({k for k, _ in pairs}) != len(pairs):
-            duplicate = True
+            refused = True
         return dict(pairs)
 
+    def constant_hook(name: str) -> float:
+        nonlocal refused
+        refused = True
+        return 0.0
+
     try:
-        json.loads(text, object_pairs_hook=hook)
+        json.loads(text, object_pairs_hook=pairs_hook, parse_constant=constant_hook)
     except (ValueError, RecursionError):
         return False
-    return duplicate
+    return refused
 
 
 @dataclass(frozen=True)

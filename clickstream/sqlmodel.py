@@ -288,8 +288,8 @@ def _one_parse_per_object(tree: exp.Expr) -> exp.Expr:
                     groups.setdefault((type(node), node.this.sql()), []).append(node)
         for (kind, _), nodes in groups.items():
             paths = list(dict.fromkeys(n.expression.sql() for n in nodes))  # a path read twice, extracted once
-            if len(nodes) < 2:
-                continue
+            if len(nodes) < 2 or (kind is exp.JSONExtract and len(paths) < 2):
+                continue  # one path: extracted where it is used, so a CASE evaluates it only when it must
             counter += 1
             name = f"__json_{counter}"
             table = select.args["from_"].this

@@ -27,7 +27,8 @@ from typing import Any
 import duckdb
 
 from clickstream import segment_tables
-from clickstream.redshift_rules import MAX_RECORD_BYTES, has_duplicate_keys
+from clickstream.ingest import RECORD_PREFIX
+from clickstream.redshift_rules import MAX_RECORD_BYTES, not_super_json
 from clickstream.sqlmodel import ModelNames, Statement, duckdb_statements
 from clickstream.stream import LocalStream, StreamRecord
 
@@ -165,7 +166,11 @@ class Warehouse:
         """Copy stream records into the streaming table and merge, as one transaction each.
 
         The streaming view's rules: a record is ``payload`` (JSON) only if it is UTF-8 JSON of at most
-        MAX_RECORD_BYTES without a repeated key (what SUPER accepts), else its bytes (``raw_data``).
+        MAX_RECORD_BYTES without a repeated key or NaN (what SUPER accepts), else its bytes
+        (``raw_data``). The payload is stored as DuckDB writes it (minified, numbers normalised), so
+        its length is what JSON_SIZE measures on Redshift, the size of the serialised form: a record
+        of 1e5s grows when written as 100000.0s, and must be rejected as too large before any part
+        of it is serialised (https://docs.aws.amazon.com/redshift/latest/dg/r_json_size.html).
         """
         if not records:
             return
@@ -178,9 +183,9 @@ class Warehouse:
                     text = r.data.decode("utf-8")
                 except UnicodeDecodeError:
                     text = None
-                # a repeated key can only come from a writer other than the collector, which
-                # re-serialises every message: check only what did not come from it
-                if text is not None and not text.startswith('{"v":') and has_duplicate_keys(text):
+                # a repeated key or NaN can only come from a writer other than the collector, which
+                # re-serialises every message with orjson: check only what did not come from it
+                if text is not None and not text.startswith(RECORD_PREFIX) and not_super_json(text):
                     text = None
             texts.append(text)
             raw.append(None if text is not None else r.data)
@@ -195,7 +200,7 @@ class Warehouse:
                        ?::TIMESTAMP, p,
                        CASE WHEN p IS NULL THEN COALESCE(r, encode(t)) END,
                        COALESCE(octet_length(r), strlen(t))
-                FROM (SELECT a, pk, seq, TRY_CAST(t AS JSON) AS p, t, r
+                FROM (SELECT a, pk, seq, try(json(t)) AS p, t, r
                       FROM (SELECT UNNEST(?) AS a, UNNEST(?) AS pk, UNNEST(?) AS seq, UNNEST(?::VARCHAR[]) AS t,
                                    UNNEST(?::BLOB[]) AS r))
                 """,

@@ -181,8 +181,14 @@ judged AS (
 -- The record's text, only for rows that go to `rejected` (none: JSON too large to serialise; the
 -- archive has it).
 kept AS (
-    SELECT k.*, CASE WHEN k.reason IS NOT NULL AND k.payload_bytes <= 65535 THEN JSON_SERIALIZE(k.payload) END
-        AS raw_json
+    SELECT
+        k.*,
+        CASE WHEN k.reason IS NOT NULL AND k.payload_bytes <= 65535 THEN JSON_SERIALIZE(k.payload) END AS raw_json,
+        -- JSON too large to serialise: its request id and serialised size stand for it (the same
+        -- record replayed has both; it is in the archive)
+        CASE WHEN k.reason IS NOT NULL AND k.payload_bytes > 65535 AND IS_VARCHAR(k.payload."requestId")
+            THEN 'request:' || k.payload."requestId"::VARCHAR(65535) || ':' || CAST(k.payload_bytes AS VARCHAR(20))
+        END AS oversized_key
     FROM judged AS k
 )
 SELECT
@@ -197,7 +203,7 @@ SELECT
     CASE WHEN n.reason IS NOT NULL THEN COALESCE(n.raw_json, n.raw_hex) END AS raw_record,
     -- the key `rejected` deduplicates on: the record, or for a truncated one its start and size
     CASE WHEN n.reason IS NOT NULL THEN MD5(COALESCE(n.raw_json, n.raw_hex || ':' || CAST(n.record_bytes AS VARCHAR(20)),
-                                                  n.shard_id || ':' || n.sequence_number))
+                                                  n.oversized_key, n.shard_id || ':' || n.sequence_number))
     END AS raw_hash,
     n.message_id,
     n.type,

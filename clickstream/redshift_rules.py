@@ -228,6 +228,10 @@ def lint(name: str, sql: str) -> list[Violation]:
             out.append(Violation(name, f"VARCHAR({width}) for {col}: width must be 1..{MAX_VARCHAR_BYTES} bytes"))
     for path in super_paths(tree):
         for attribute in path[2:]:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", attribute.name):
+                out.append(Violation(name, f"PartiQL attribute {attribute.name!r}: the model reads only attributes "
+                                           "named like identifiers (letters, digits, _), which every engine's "
+                                           "JSON path takes as written"))
             if not attribute.quoted:
                 out.append(Violation(name, f"PartiQL attribute {attribute.name} in {'.'.join(p.sql() for p in path)} "
                                            "must be double-quoted, or its case is folded"))

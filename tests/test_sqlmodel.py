@@ -47,6 +47,7 @@ def test_every_redshift_statement_passes_the_strict_checks(phase):
     # PartiQL: an unquoted attribute is folded to lower case and never finds userId
     ("SELECT r.d.message.userId FROM r", "PartiQL attribute userId in r.d.message.userId must be double-quoted"),
     ('SELECT r.d."a"."b"."c"."d".userId FROM r', "PartiQL attribute userId"),
+    ('SELECT r.d."a.b", r.d."x" FROM r', "PartiQL attribute 'a.b': the model reads only attributes named like"),
     # a CTAS column of unknown width (a SUPER cast) would be VARCHAR(256): page URLs are up to 4 KB
     ('CREATE TEMP TABLE s AS SELECT r.d."url"::VARCHAR AS url FROM r', "give VARCHAR a length"),
 ])

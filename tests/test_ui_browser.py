@@ -187,6 +187,26 @@ def test_pausing_while_a_poll_is_in_flight_stays_paused(live_pipeline, page):
     page.wait_for_selector("#live-state.live")
 
 
+def test_a_poll_failing_after_pause_leaves_the_page_paused(live_pipeline, page):
+    url = live_pipeline.url
+    page.goto(url + "/_clickstream/")
+    page.wait_for_selector("#live-state.live")
+    held: list = []
+    page.route("**/_clickstream/api/events?*", lambda route: held.append(route))
+    deadline = time.monotonic() + 5
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(20)
+    assert held, "the page did not poll"
+    page.click("#pause")
+    page.wait_for_selector("#live-state.paused")
+    held[0].abort()  # the in-flight poll fails now, after Pause
+    page.wait_for_timeout(300)
+    assert page.locator("#live-state").get_attribute("class") == "pill paused"
+    page.unroute("**/_clickstream/api/events?*")
+    page.click("#pause")  # resume: polling again, and live
+    page.wait_for_selector("#live-state.live")
+
+
 def test_screenshot_of_the_live_events_page(live_pipeline, page, tmp_path):
     """A realistic page: simulated traffic from several sources, one record opened."""
     url = live_pipeline.url

@@ -168,7 +168,8 @@ async function pollEvents() {
       setText($("summary"), `${data.last.toLocaleString()} records in the stream`);
       setLive("live");
     } catch (err) {
-      setLive("down", err.message);
+      // a poll that fails after Pause leaves the pill saying "paused"; Resume polls again
+      setLive(state.paused ? "paused" : "down", err.message);
     }
   }
   setTimeout(pollEvents, wait);

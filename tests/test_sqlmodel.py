@@ -263,3 +263,21 @@ def test_setup_engine_checks_expect_what_the_local_model_computes(tmp_path):
         assert got == want, (name, got, want)
     assert f"CALL {NAMES.schema}.check_engine();" in [s.sql for s in redshift_statements("setup", NAMES)]
     wh.close()
+
+
+def test_first_character_type_tests_agree_with_the_local_json_typeof(tmp_path):
+    """The transpiler's JSON_TYPEOF(path) = '<type>' rewrite and the super_typeof macro encode the
+    same first-character rule; both must give DuckDB's own json_type for values json_extract writes."""
+    from clickstream.sqlmodel import _JSON_TYPEOF_FIRST_CHARACTERS
+    from clickstream.warehouse import Warehouse
+
+    wh = Warehouse(tmp_path / "w.duckdb")
+    samples = ('{"o":{"a":1},"a":[1],"s":"x","t":true,"f":false,"n":null,'
+               '"i":-5,"d":0.5,"e":1e5,"u":18446744073709551615}')
+    for key in "oastfnideu":
+        [(value, exact, macro)] = wh.conn.execute(
+            f"SELECT v, json_typeof(v), super_typeof(v) FROM (SELECT json_extract(?::JSON, '$.{key}') AS v)",
+            [samples]).fetchall()
+        assert exact == macro, (key, value)
+        assert value[0] in _JSON_TYPEOF_FIRST_CHARACTERS[exact], (key, value)
+    wh.close()

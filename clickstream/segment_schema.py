@@ -69,12 +69,7 @@ def snakecase(s: str) -> str:
         return s
     out = chars[:idx]
     if _is_upper(chars[idx]) and (not has_lower or (has_underscore and not lower_since_underscore)):
-        while idx < n and (_is_upper(chars[idx]) or _is_digit(chars[idx])):
-            out.append(chars[idx].lower())
-            idx += 1
-        while idx < n and (_is_lower(chars[idx]) or _is_digit(chars[idx])):
-            out.append(chars[idx])
-            idx += 1
+        idx = _copy_word(chars, idx, out)
     while idx < n:
         c = chars[idx]
         if not (_is_lower(c) or _is_upper(c) or _is_digit(c)):
@@ -82,13 +77,21 @@ def snakecase(s: str) -> str:
             continue
         if out:
             out.append("_")
-        while idx < n and (_is_upper(chars[idx]) or _is_digit(chars[idx])):
-            out.append(chars[idx].lower())
-            idx += 1
-        while idx < n and (_is_lower(chars[idx]) or _is_digit(chars[idx])):
-            out.append(chars[idx])
-            idx += 1
+        idx = _copy_word(chars, idx, out)
     return "".join(out)
+
+
+def _copy_word(chars: list[str], idx: int, out: list[str]) -> int:
+    """One word of go-snakecase: its upper-case run (lowered) and the lower-case run after it, digits
+    belonging to either; returns where the word ends."""
+    n = len(chars)
+    while idx < n and (_is_upper(chars[idx]) or _is_digit(chars[idx])):
+        out.append(chars[idx].lower())
+        idx += 1
+    while idx < n and (_is_lower(chars[idx]) or _is_digit(chars[idx])):
+        out.append(chars[idx])
+        idx += 1
+    return idx
 
 
 # Redshift identifiers are at most 127 bytes (longer ones are truncated by Redshift itself; we cut

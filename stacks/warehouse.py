@@ -107,6 +107,9 @@ class WarehouseStack(cdk.Stack):
         self._run_setup_on_deploy()
         # No scheduled refresh before the first setup succeeded (it would fail on missing tables).
         self.schedule.node.add_dependency(self.setup_resource)
+        # On an upgrade, the refresh's new statements may call what the new setup creates (e.g. a
+        # procedure): CloudFormation updates the refresh workflow only after setup has run again.
+        self.refresh.node.add_dependency(self.setup_resource)
         for name, machine in (("Setup", self.setup), ("Refresh", self.refresh)):
             alarm = cw.Alarm(self, f"{name}Failed", metric=machine.metric_failed(period=cdk.Duration.minutes(5)),
                              threshold=0, comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
